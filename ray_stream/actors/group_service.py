@@ -1,0 +1,252 @@
+"""The async shell around the consumer-group state machine (``core/group.py``).
+
+Responsibility: turn the core's ``Pending(ticket)`` answers into awaitables, feed it the
+injected clock, and run the one background task that expires sessions and finishes
+rebalances whose timeout passed. The MetadataActor delegates its group methods here
+one-to-one, so the public async methods below are exactly the contract's signatures.
+
+Invariants:
+- All state lives in the core; this class holds only the futures of parked requests,
+  keyed by ticket. Every core call is synchronous, so no two ever interleave.
+- After every core call the completions it produced are delivered before control returns
+  to the event loop; a waiter whose request was cancelled (client went away) is skipped.
+- Time for the core is ``clock.monotonic_s()`` in ms, so wall-clock jumps cannot expire
+  sessions.
+- The background task is created lazily, from the first call, because it needs a running
+  loop; a call from a different loop (a new ``asyncio.run``) starts a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from ray_stream.clock import Clock, SystemClock
+from ray_stream.core.group import (
+    GroupCoordinator,
+    GroupDescription,
+    JoinResult,
+    MemberDescription,
+    Pending,
+    SyncResult,
+    join_error,
+    sync_error,
+)
+
+__all__ = ["GroupDescription", "GroupService", "JoinResult", "MemberDescription", "SyncResult"]
+
+log = logging.getLogger(__name__)
+
+_Result = JoinResult | SyncResult
+
+
+class GroupService:
+    """Classic consumer-group coordination for every group of the cluster.
+
+    Args:
+        clock: time source (``SystemClock`` by default; tests may pass ``ManualClock``).
+        initial_rebalance_delay_ms: how long a new group's first rebalance waits for more
+            members (Kafka's ``group.initial.rebalance.delay.ms`` is 3000; 300 keeps a
+            single consumer's start quick while still batching a burst of joiners).
+        tick_interval_s: the longest the background task sleeps between checks.
+        rand: source of member-id uuids (seed it for reproducible ids).
+    """
+
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        *,
+        initial_rebalance_delay_ms: int = 300,
+        tick_interval_s: float = 0.1,
+        rand: random.Random | None = None,
+    ) -> None:
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._core = GroupCoordinator(
+            rand=rand if rand is not None else random.Random(),
+            initial_rebalance_delay_ms=initial_rebalance_delay_ms,
+        )
+        self._tick_interval_s = tick_interval_s
+        # ticket -> (future of the parked request, its answer if the service closes first)
+        self._waiters: dict[int, tuple[asyncio.Future[_Result], _Result]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    async def join_group(
+        self,
+        group_id: str,
+        *,
+        member_id: str,
+        group_instance_id: str | None,
+        protocol_type: str,
+        protocols: list[tuple[str, bytes]],
+        session_timeout_ms: int,
+        rebalance_timeout_ms: int,
+        client_id: str,
+        client_host: str,
+        require_known_member_id: bool,
+    ) -> JoinResult:
+        """JoinGroup; blocks until the rebalance completes (or its timeout passes).
+
+        Returns:
+            The member's JoinResult; the leader's carries every member's metadata.
+        """
+        outcome = self._core.join(
+            group_id,
+            member_id=member_id,
+            group_instance_id=group_instance_id,
+            protocol_type=protocol_type,
+            protocols=protocols,
+            session_timeout_ms=session_timeout_ms,
+            rebalance_timeout_ms=rebalance_timeout_ms,
+            client_id=client_id,
+            client_host=client_host,
+            require_known_member_id=require_known_member_id,
+            now_ms=self._now_ms(),
+        )
+        result = await self._settle(outcome, join_error("COORDINATOR_NOT_AVAILABLE", member_id))
+        assert isinstance(result, JoinResult)
+        return result
+
+    async def sync_group(
+        self,
+        group_id: str,
+        *,
+        generation_id: int,
+        member_id: str,
+        group_instance_id: str | None,
+        protocol_type: str | None,
+        protocol_name: str | None,
+        assignments: list[tuple[str, bytes]],
+    ) -> SyncResult:
+        """SyncGroup; followers block until the leader sends the assignment."""
+        outcome = self._core.sync(
+            group_id,
+            generation_id=generation_id,
+            member_id=member_id,
+            group_instance_id=group_instance_id,
+            protocol_type=protocol_type,
+            protocol_name=protocol_name,
+            assignments=assignments,
+            now_ms=self._now_ms(),
+        )
+        result = await self._settle(outcome, sync_error("COORDINATOR_NOT_AVAILABLE"))
+        assert isinstance(result, SyncResult)
+        return result
+
+    async def heartbeat(
+        self, group_id: str, *, generation_id: int, member_id: str, group_instance_id: str | None
+    ) -> str | None:
+        """Heartbeat; "REBALANCE_IN_PROGRESS" tells the member to rejoin."""
+        error = self._core.heartbeat(
+            group_id,
+            generation_id=generation_id,
+            member_id=member_id,
+            group_instance_id=group_instance_id,
+            now_ms=self._now_ms(),
+        )
+        self._after_call()
+        return error
+
+    async def leave_group(
+        self, group_id: str, members: list[tuple[str, str | None]]
+    ) -> tuple[str | None, list[tuple[str, str | None, str | None]]]:
+        """LeaveGroup for (member_id, group_instance_id) pairs; returns per-member errors."""
+        result = self._core.leave(group_id, members, now_ms=self._now_ms())
+        self._after_call()
+        return result
+
+    async def list_groups(self, states: list[str] | None = None) -> list[tuple[str, str, str]]:
+        """(group_id, protocol_type, state) of every group, optionally filtered by state."""
+        self._after_call()
+        return self._core.list_groups(states)
+
+    async def describe_groups(self, group_ids: list[str]) -> list[GroupDescription]:
+        """DescribeGroups; an unknown group is reported as state "Dead" with no members."""
+        self._after_call()
+        return self._core.describe(group_ids)
+
+    async def delete_groups(self, group_ids: list[str]) -> list[tuple[str, str | None]]:
+        """Delete Empty groups (the caller also deletes their committed offsets)."""
+        result = self._core.delete(group_ids)
+        self._after_call()
+        return result
+
+    async def validate_offset_commit(
+        self, group_id: str, *, generation_id: int, member_id: str
+    ) -> str | None:
+        """Whether an OffsetCommit from this member/generation may be applied."""
+        error = self._core.validate_offset_commit(
+            group_id, generation_id=generation_id, member_id=member_id, now_ms=self._now_ms()
+        )
+        self._after_call()
+        return error
+
+    async def close(self) -> None:
+        """Stop the background task and answer every parked request with
+        COORDINATOR_NOT_AVAILABLE (clients then find the coordinator again and rejoin)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        waiters, self._waiters = self._waiters, {}
+        for fut, unavailable in waiters.values():
+            if not fut.done():
+                fut.set_result(unavailable)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock.monotonic_s() * 1000)
+
+    async def _settle(self, outcome: _Result | Pending, unavailable: _Result) -> _Result:
+        if not isinstance(outcome, Pending):
+            self._after_call()
+            return outcome
+        fut: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
+        self._waiters[outcome.ticket] = (fut, unavailable)
+        self._after_call()
+        return await fut
+
+    def _after_call(self) -> None:
+        """Deliver what the last core call completed and make sure the ticker runs."""
+        self._deliver()
+        self._ensure_ticker()
+        if self._wake is not None:
+            self._wake.set()  # deadlines may have moved earlier
+
+    def _deliver(self) -> None:
+        for completion in self._core.take_completions():
+            fut, _ = self._waiters.pop(completion.ticket, (None, None))
+            if fut is not None and not fut.done():
+                fut.set_result(completion.result)
+
+    def _ensure_ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
+            return
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._run_ticker(self._wake), name="group-service-ticker")
+
+    async def _run_ticker(self, wake: asyncio.Event) -> None:
+        while True:
+            try:
+                now_ms = self._now_ms()
+                for group_id, member_id in self._core.tick(now_ms):
+                    log.info(
+                        "group %s: removed member %s (session/sync timeout)", group_id, member_id
+                    )
+                self._deliver()
+                delay_s = self._tick_interval_s
+                next_ms = self._core.next_deadline_ms()
+                if next_ms is not None:
+                    delay_s = min(delay_s, max((next_ms - now_ms) / 1000, 0.001))
+            except Exception:  # a bug in one tick must not stop session expiry for good
+                log.exception("group coordinator tick failed")
+                delay_s = self._tick_interval_s
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay_s)

@@ -1,0 +1,321 @@
+"""SQLite persistence of the metadata sequencer, through sqlite-utils.
+
+One file, ``<settings.resolved_data_dir>/metadata.sqlite``, in WAL mode with
+``synchronous=FULL``: a commit returns only after the WAL is fsynced, so a write that
+``persist`` returned from survives a process or machine crash.
+
+Tables (column names avoid SQL keywords: ``partition_index``, ``group_id``,
+``committed_offset``):
+
+- ``topics(name PK, topic_id, partitions, config JSON)``
+- ``partitions(topic, partition_index, log_start_offset, high_watermark)``
+- ``batches(topic, partition_index, base_offset, segment_key, position, length,
+  record_count, max_timestamp)``, unique index on (topic, partition_index, base_offset)
+- ``producers(producer_id, topic, partition_index, epoch, batches JSON)``
+- ``transactional_ids(transactional_id PK, producer_id, epoch)``
+- ``group_offsets(group_id, topic, partition_index, committed_offset, metadata, leader_epoch)``
+- ``meta(key PK, value)``: ``next_producer_id``, ``schema_version``
+
+Invariant: the tables hold exactly the rows of every ``Changes`` persisted so far, so
+``load()`` rebuilds the sequencer the actor had. ``persist`` writes one ``Changes`` in one
+transaction (all or nothing). Calls are serialized by a lock, so the connection may be
+used from worker threads (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import sqlite_utils
+
+from ray_stream.config import Settings
+from ray_stream.core.sequencer import (
+    BatchRow,
+    Changes,
+    GroupOffsetRow,
+    PartitionRow,
+    ProducerRow,
+    ProducerState,
+    Sequencer,
+    TransactionalRow,
+)
+from ray_stream.core.types import BatchRef, CommittedOffset, TopicInfo
+from ray_stream.errors import StorageUnavailable
+
+SCHEMA_VERSION = 1
+FILE_NAME = "metadata.sqlite"
+
+_TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...] | None]] = {
+    "topics": ({"name": str, "topic_id": str, "partitions": int, "config": str}, "name"),
+    "partitions": (
+        {"topic": str, "partition_index": int, "log_start_offset": int, "high_watermark": int},
+        ("topic", "partition_index"),
+    ),
+    "batches": (
+        {
+            "topic": str,
+            "partition_index": int,
+            "base_offset": int,
+            "segment_key": str,
+            "position": int,
+            "length": int,
+            "record_count": int,
+            "max_timestamp": int,
+        },
+        None,
+    ),
+    "producers": (
+        {"producer_id": int, "topic": str, "partition_index": int, "epoch": int, "batches": str},
+        ("producer_id", "topic", "partition_index"),
+    ),
+    "transactional_ids": (
+        {"transactional_id": str, "producer_id": int, "epoch": int},
+        "transactional_id",
+    ),
+    "group_offsets": (
+        {
+            "group_id": str,
+            "topic": str,
+            "partition_index": int,
+            "committed_offset": int,
+            "metadata": str,
+            "leader_epoch": int,
+        },
+        ("group_id", "topic", "partition_index"),
+    ),
+    "meta": ({"key": str, "value": str}, "key"),
+}
+
+_PER_TOPIC = ("topics", "partitions", "batches", "producers", "group_offsets")
+
+
+class MetadataStore:
+    """The SQLite file behind the metadata actor."""
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (creating if needed) the database at ``path``.
+
+        Raises:
+            StorageUnavailable: the file cannot be opened or initialised.
+        """
+        self.path = str(path)
+        self._lock = threading.Lock()
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+            self._db = sqlite_utils.Database(conn)
+            self._db.enable_wal()
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._create_tables()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageUnavailable(f"cannot open metadata database {self.path}: {exc}") from exc
+
+    @classmethod
+    def open(cls, settings: Settings) -> MetadataStore:
+        """The store at ``<settings.resolved_data_dir>/metadata.sqlite``."""
+        data_dir = Path(settings.resolved_data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot create data_dir {data_dir}: {exc}") from exc
+        return cls(data_dir / FILE_NAME)
+
+    def _create_tables(self) -> None:
+        for name, (columns, pk) in _TABLES.items():
+            self._db[name].create(columns, pk=pk, not_null=set(columns), if_not_exists=True)  # type: ignore[union-attr]
+        self._db["batches"].create_index(  # type: ignore[union-attr]
+            ["topic", "partition_index", "base_offset"], unique=True, if_not_exists=True
+        )
+        with self._db.atomic():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                [str(SCHEMA_VERSION)],
+            )
+        version = self._meta("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise StorageUnavailable(
+                f"{self.path} has schema_version {version}, this code reads {SCHEMA_VERSION}"
+            )
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ load
+    def load(self) -> Sequencer:
+        """Rebuild the sequencer from every persisted row.
+
+        Raises:
+            StorageUnavailable: the database cannot be read.
+        """
+        try:
+            with self._lock:
+                changes = self._read_all()
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"cannot read metadata database {self.path}: {exc}") from exc
+        seq = Sequencer()
+        seq.apply(changes)
+        return seq
+
+    def _read_all(self) -> Changes:
+        q = self._db.execute
+        topics = tuple(
+            TopicInfo(name, topic_id, partitions, json.loads(config))
+            for name, topic_id, partitions, config in q(
+                "SELECT name, topic_id, partitions, config FROM topics ORDER BY name"
+            )
+        )
+        partitions = tuple(
+            PartitionRow(*row)
+            for row in q(
+                "SELECT topic, partition_index, log_start_offset, high_watermark FROM partitions"
+            )
+        )
+        batches = tuple(
+            BatchRow(t, p, BatchRef(key, pos, length, base, count, max_ts))
+            for t, p, base, key, pos, length, count, max_ts in q(
+                "SELECT topic, partition_index, base_offset, segment_key, position, length,"
+                " record_count, max_timestamp FROM batches"
+                " ORDER BY topic, partition_index, base_offset"
+            )
+        )
+        producers = tuple(
+            ProducerRow(pid, t, p, _decode_state(epoch, blob))
+            for pid, t, p, epoch, blob in q(
+                "SELECT producer_id, topic, partition_index, epoch, batches FROM producers"
+            )
+        )
+        transactional = tuple(
+            TransactionalRow(*row)
+            for row in q("SELECT transactional_id, producer_id, epoch FROM transactional_ids")
+        )
+        group_offsets = tuple(
+            GroupOffsetRow(g, t, p, CommittedOffset(off, md, le))
+            for g, t, p, off, md, le in q(
+                "SELECT group_id, topic, partition_index, committed_offset, metadata,"
+                " leader_epoch FROM group_offsets"
+            )
+        )
+        next_pid = self._meta("next_producer_id")
+        return Changes(
+            topics=topics,
+            partitions=partitions,
+            batches=batches,
+            producers=producers,
+            transactional=transactional,
+            group_offsets=group_offsets,
+            next_producer_id=int(next_pid) if next_pid is not None else 0,
+        )
+
+    # --------------------------------------------------------------- persist
+    def persist(self, changes: Changes) -> None:
+        """Write ``changes`` in one transaction; returns once it is committed (durable).
+
+        Raises:
+            StorageUnavailable: the write failed; nothing of ``changes`` was written.
+        """
+        if changes.empty:
+            return
+        try:
+            with self._lock, self._db.atomic():
+                self._write(self._db.conn, changes)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageUnavailable(f"metadata write to {self.path} failed: {exc}") from exc
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, changes: Changes) -> None:
+        for name in changes.deleted_topics:
+            for table in _PER_TOPIC:
+                column = "name" if table == "topics" else "topic"
+                conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
+        if changes.deleted_groups:
+            conn.executemany(
+                "DELETE FROM group_offsets WHERE group_id = ?",
+                [(g,) for g in changes.deleted_groups],
+            )
+        if changes.topics:
+            conn.executemany(
+                "INSERT OR REPLACE INTO topics (name, topic_id, partitions, config)"
+                " VALUES (?, ?, ?, ?)",
+                [
+                    (t.name, t.topic_id, t.partitions, json.dumps(t.config, sort_keys=True))
+                    for t in changes.topics
+                ],
+            )
+        if changes.partitions:
+            conn.executemany(
+                "INSERT OR REPLACE INTO partitions"
+                " (topic, partition_index, log_start_offset, high_watermark) VALUES (?, ?, ?, ?)",
+                [
+                    (r.topic, r.partition, r.log_start_offset, r.high_watermark)
+                    for r in changes.partitions
+                ],
+            )
+        if changes.batches:
+            conn.executemany(
+                "INSERT INTO batches (topic, partition_index, base_offset, segment_key,"
+                " position, length, record_count, max_timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        b.topic,
+                        b.partition,
+                        b.ref.base_offset,
+                        b.ref.segment_key,
+                        b.ref.position,
+                        b.ref.length,
+                        b.ref.record_count,
+                        b.ref.max_timestamp,
+                    )
+                    for b in changes.batches
+                ],
+            )
+        if changes.producers:
+            conn.executemany(
+                "INSERT OR REPLACE INTO producers"
+                " (producer_id, topic, partition_index, epoch, batches) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (r.producer_id, r.topic, r.partition, r.state.epoch, _encode_state(r.state))
+                    for r in changes.producers
+                ],
+            )
+        if changes.transactional:
+            conn.executemany(
+                "INSERT OR REPLACE INTO transactional_ids (transactional_id, producer_id, epoch)"
+                " VALUES (?, ?, ?)",
+                [(r.transactional_id, r.producer_id, r.epoch) for r in changes.transactional],
+            )
+        if changes.group_offsets:
+            conn.executemany(
+                "INSERT OR REPLACE INTO group_offsets (group_id, topic, partition_index,"
+                " committed_offset, metadata, leader_epoch) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.group,
+                        r.topic,
+                        r.partition,
+                        r.offset.offset,
+                        r.offset.metadata,
+                        r.offset.leader_epoch,
+                    )
+                    for r in changes.group_offsets
+                ],
+            )
+        if changes.next_producer_id is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_producer_id', ?)",
+                (str(changes.next_producer_id),),
+            )
+
+
+def _encode_state(state: ProducerState) -> str:
+    return json.dumps(state.batches)
+
+
+def _decode_state(epoch: int, blob: str) -> ProducerState:
+    return ProducerState(epoch, tuple((int(a), int(b), int(c)) for a, b, c in json.loads(blob)))

@@ -1,0 +1,220 @@
+"""The ``ray-stream`` command line: start a cluster, manage topics, produce, consume, demo.
+
+Parses arguments, builds Settings, and calls the Python API. Errors print one line that
+says what went wrong and what to do, and exit non-zero (2 for bad input, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from ray_stream.errors import InvalidRequest, RayStreamError
+
+
+def _settings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="metadata and default segment directory (default ./.ray_stream-data)")
+    p.add_argument("--object-store", help="file:///dir, s3://bucket/prefix?endpoint_url=..., memory://")
+    p.add_argument("--agents", type=int, help="number of agent actors (default 1)")
+    p.add_argument("--linger-ms", type=int, help="agent flush interval (default 250)")
+    p.add_argument("--flush-bytes", type=int, help="agent flush size (default 8 MiB)")
+    p.add_argument("--kafka-port", type=int, help="first agent's Kafka port (default 9092; 0 = off)")
+    p.add_argument("--namespace", help="Ray namespace (default ray_stream)")
+
+
+def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "data_dir": args.data_dir,
+        "object_store": args.object_store,
+        "agents": args.agents,
+        "linger_ms": args.linger_ms,
+        "flush_bytes": args.flush_bytes,
+        "kafka_port": args.kafka_port,
+        "namespace": args.namespace,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ray-stream", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    start = sub.add_parser("start", help="run the embedded cluster in the foreground")
+    _settings_args(start)
+
+    sub.add_parser("status", help="show the running cluster")
+
+    topics = sub.add_parser("topics", help="create, list, describe, delete topics")
+    tsub = topics.add_subparsers(dest="topics_command", required=True)
+    create = tsub.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--partitions", type=int, default=1)
+    create.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    tsub.add_parser("list")
+    describe = tsub.add_parser("describe")
+    describe.add_argument("name")
+    delete = tsub.add_parser("delete")
+    delete.add_argument("name")
+
+    produce = sub.add_parser("produce", help="send stdin lines as records")
+    produce.add_argument("topic")
+    produce.add_argument("--key-separator", help="split each line into key<SEP>value")
+    produce.add_argument("--partition", type=int)
+
+    consume = sub.add_parser("consume", help="print records to stdout")
+    consume.add_argument("topic")
+    consume.add_argument("--group")
+    consume.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
+    consume.add_argument("--partition", type=int, action="append")
+    consume.add_argument("--offset", type=int, help="start offset (with --partition)")
+    consume.add_argument("--max-records", type=int)
+    consume.add_argument("--timeout", type=float, default=5.0, help="stop after this many idle seconds")
+    consume.add_argument("--print-offsets", action="store_true")
+
+    demo = sub.add_parser("demo", help="start an embedded cluster, produce, consume, report")
+    _settings_args(demo)
+    demo.add_argument("--records", type=int, default=20_000)
+    demo.add_argument("--partitions", type=int, default=3)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_dispatch(args) or 0)
+    except InvalidRequest as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RayStreamError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int | None:
+    if args.command == "start":
+        return _start(args)
+    if args.command == "demo":
+        from ray_stream.demo import run_demo
+
+        return run_demo(records=args.records, partitions=args.partitions, **_settings_kwargs(args))
+    from ray_stream.client.cluster import connect
+
+    cluster = connect()
+    if args.command == "status":
+        print(json.dumps(cluster.status(), indent=2, default=str))
+    elif args.command == "topics":
+        _topics(cluster, args)
+    elif args.command == "produce":
+        _produce(cluster, args)
+    elif args.command == "consume":
+        _consume(cluster, args)
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    from ray_stream.client.cluster import clear_state, start_local, write_state
+
+    cluster = start_local(**_settings_kwargs(args))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        write_state(cluster)
+        print(
+            f"ready kafka={cluster.bootstrap_servers or 'off'} namespace={cluster.settings.namespace} "
+            f"data_dir={cluster.settings.resolved_data_dir} "
+            f"object_store={cluster.settings.resolved_object_store}",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+        print("stopping", flush=True)
+    finally:
+        clear_state()
+        cluster.shutdown()
+    print("stopped", flush=True)
+    return 0
+
+
+def _topics(cluster: Any, args: argparse.Namespace) -> None:
+    cmd = args.topics_command
+    if cmd == "create":
+        config = {}
+        for item in args.config:
+            if "=" not in item:
+                raise InvalidRequest(f"--config takes KEY=VALUE, got {item!r}")
+            k, v = item.split("=", 1)
+            config[k] = v
+        info = cluster.create_topic(args.name, args.partitions, config)
+        print(f"created {info.name} partitions={info.partitions}")
+    elif cmd == "list":
+        for info in cluster.list_topics():
+            print(f"{info.name}\tpartitions={info.partitions}")
+    elif cmd == "describe":
+        info = cluster.describe_topic(args.name)
+        print(f"{info.name}\tid={info.topic_id}\tpartitions={info.partitions}\tconfig={info.config}")
+        for pi in info.partition_info:
+            print(f"  partition {pi.partition}\tlog_start={pi.log_start_offset}\thigh_watermark={pi.high_watermark}")
+    elif cmd == "delete":
+        cluster.delete_topic(args.name)
+        print(f"deleted {args.name}")
+
+
+def _produce(cluster: Any, args: argparse.Namespace) -> None:
+    producer = cluster.producer()
+    futures = []
+    started = time.monotonic()
+    for n, line in enumerate(sys.stdin.buffer, 1):
+        line = line.rstrip(b"\n")
+        key = None
+        if args.key_separator:
+            sep = args.key_separator.encode()
+            if sep in line:
+                key, line = line.split(sep, 1)
+        futures.append(producer.send(args.topic, line, key=key, partition=args.partition))
+        if n % 100_000 == 0:
+            print(f"... {n} records queued", file=sys.stderr)
+    producer.close()
+    for f in futures:
+        f.result()
+    print(f"produced {len(futures)} records to {args.topic} in {time.monotonic() - started:.2f}s", file=sys.stderr)
+
+
+def _consume(cluster: Any, args: argparse.Namespace) -> None:
+    consumer = cluster.consumer(
+        group_id=args.group, auto_offset_reset="earliest" if args.from_beginning or not args.group else "latest"
+    )
+    if args.partition:
+        consumer.assign([(args.topic, p) for p in args.partition])
+        if args.offset is not None:
+            for p in args.partition:
+                consumer.seek((args.topic, p), args.offset)
+    else:
+        consumer.assign_topic(args.topic)
+    count = 0
+    out = sys.stdout.buffer
+    while args.max_records is None or count < args.max_records:
+        records = consumer.poll(timeout=args.timeout)
+        if not records:
+            break
+        for rec in records:
+            if args.print_offsets:
+                out.write(f"{rec.partition}:{rec.offset}\t".encode())
+            out.write((rec.value or b"") + b"\n")
+            count += 1
+            if args.max_records is not None and count >= args.max_records:
+                break
+        out.flush()
+        if args.group:
+            consumer.commit()
+    print(f"consumed {count} records", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

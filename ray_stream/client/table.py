@@ -1,0 +1,145 @@
+"""Topics as Arrow tables (and Ray Datasets), and Arrow tables as records to send.
+
+Schema of a read: offset int64, partition int32, timestamp timestamp[ms, UTC], key binary,
+value binary, headers list<struct<key: string, value: binary>>.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from ray_stream.actors import handles
+from ray_stream.errors import InvalidRequest, UnknownTopicOrPartition
+from ray_stream.kafka.records import Record, decode_batch, split_batches
+
+HEADER_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())]))
+SCHEMA = pa.schema(
+    [
+        ("offset", pa.int64()),
+        ("partition", pa.int32()),
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+        ("key", pa.binary()),
+        ("value", pa.binary()),
+        ("headers", HEADER_TYPE),
+    ]
+)
+READ_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+def decode_to_table(partition: int, records: bytes, start: int, end: int) -> pa.Table:
+    """Decode fetched batches to rows with offsets in ``[start, end)``."""
+    cols: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+    for batch in split_batches(records):
+        for rec in decode_batch(batch):
+            if not start <= rec.offset < end:
+                continue
+            cols["offset"].append(rec.offset)
+            cols["partition"].append(partition)
+            cols["timestamp"].append(rec.timestamp_ms)
+            cols["key"].append(rec.key)
+            cols["value"].append(rec.value)
+            cols["headers"].append([{"key": k, "value": v} for k, v in rec.headers])
+    return pa.Table.from_pydict(cols, schema=SCHEMA)
+
+
+def read_partition(agent: Any, topic: str, partition: int, start: int, end: int) -> pa.Table:
+    """Read ``[start, end)`` of one partition through ``agent`` (an actor handle)."""
+    tables = [SCHEMA.empty_table()]
+    position = start
+    while position < end:
+        (result,) = handles.get(agent.fetch.remote([(topic, partition, position, READ_CHUNK_BYTES)], 0))
+        if result.error is not None:
+            raise result.error
+        if not result.records:
+            break
+        table = decode_to_table(partition, result.records, position, end)
+        if table.num_rows == 0:
+            break
+        tables.append(table)
+        position = int(table.column("offset")[-1].as_py()) + 1
+    return pa.concat_tables(tables)
+
+
+def _ranges(
+    cluster: Any,
+    topic: str,
+    partitions: list[int] | None,
+    start: int | dict[int, int] | None,
+    end: int | dict[int, int] | None,
+) -> list[tuple[int, int, int]]:
+    info = cluster.describe_topic(topic)
+    chosen = list(range(info.partitions)) if partitions is None else list(partitions)
+    bounds = {pi.partition: (pi.log_start_offset, pi.high_watermark) for pi in info.partition_info}
+    out = []
+    for p in chosen:
+        if p not in bounds:
+            raise UnknownTopicOrPartition(f"partition {p} does not exist in topic {topic!r}")
+        lo, hi = bounds[p]
+        s = start.get(p, lo) if isinstance(start, dict) else (lo if start is None else start)
+        e = end.get(p, hi) if isinstance(end, dict) else (hi if end is None else end)
+        if s < 0 or e < 0:
+            raise InvalidRequest(f"start/end offsets must be >= 0, got start={s} end={e}")
+        out.append((p, max(s, lo), min(e, hi)))
+    return out
+
+
+def read_table(
+    cluster: Any,
+    topic: str,
+    *,
+    partitions: list[int] | None,
+    start: int | dict[int, int] | None,
+    end: int | dict[int, int] | None,
+) -> pa.Table:
+    tables = [
+        read_partition(cluster.agent(p), topic, p, s, e)
+        for p, s, e in _ranges(cluster, topic, partitions, start, end)
+        if s < e
+    ]
+    return pa.concat_tables([SCHEMA.empty_table(), *tables])
+
+
+def read_dataset(cluster: Any, topic: str, *, partitions: list[int] | None) -> Any:
+    from ray_stream.actors.reader import dataset_from_partitions
+
+    ranges = [r for r in _ranges(cluster, topic, partitions, None, None) if r[1] < r[2]]
+    return dataset_from_partitions(cluster.settings.namespace, cluster.settings.agents, topic, ranges)
+
+
+def rows_from_table(table: Any) -> list[tuple[Record, int | None]]:
+    """Arrow rows as Records (with an optional per-row partition) for the producer."""
+    if not isinstance(table, pa.Table | pa.RecordBatch):
+        raise InvalidRequest(f"send_batch needs a pyarrow Table, got {type(table).__name__}")
+    names = set(table.schema.names)
+    if "value" not in names:
+        raise InvalidRequest("send_batch: the table needs a 'value' column (binary or string)")
+    values = _binary_column(table, "value")
+    keys = _binary_column(table, "key") if "key" in names else [None] * table.num_rows
+    timestamps = _timestamp_column(table) if "timestamp" in names else [None] * table.num_rows
+    parts = table.column("partition").to_pylist() if "partition" in names else [None] * table.num_rows
+    headers = table.column("headers").to_pylist() if "headers" in names else None
+    rows = []
+    for i in range(table.num_rows):
+        hdrs = tuple((h["key"], h["value"]) for h in headers[i]) if headers and headers[i] else ()
+        rows.append((Record(value=values[i], key=keys[i], timestamp_ms=timestamps[i], headers=hdrs), parts[i]))
+    return rows
+
+
+def _binary_column(table: Any, name: str) -> list[bytes | None]:
+    col = table.column(name)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = col.cast(pa.binary())
+    elif not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+        raise InvalidRequest(f"send_batch: column {name!r} must be binary or string, not {col.type}")
+    return col.to_pylist()
+
+
+def _timestamp_column(table: Any) -> list[int | None]:
+    col = table.column("timestamp")
+    if pa.types.is_timestamp(col.type):
+        col = col.cast(pa.timestamp("ms")).cast(pa.int64())
+    elif not pa.types.is_integer(col.type):
+        raise InvalidRequest(f"send_batch: column 'timestamp' must be int64 ms or a timestamp, not {col.type}")
+    return col.to_pylist()

@@ -1,0 +1,123 @@
+"""Settings: plain, frozen, picklable values shipped to actors.
+
+This module is the only reader of the environment (``RAY_STREAM_*``). Components (object
+store, clock) are never stored here; actors build them from these values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ray_stream.errors import InvalidConfig
+
+NAMESPACE = "ray_stream"
+METADATA_ACTOR_NAME = "metadata"
+DEFAULT_DATA_DIR = ".ray_stream-data"
+
+
+def agent_name(index: int) -> str:
+    return f"agent-{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a cluster needs to start.
+
+    Attributes:
+        data_dir: local directory for the metadata SQLite file (and segments when the
+            object store is the default local directory).
+        object_store: ``file:///abs/path``, ``s3://bucket/prefix?endpoint_url=...`` or
+            ``memory://``. Empty means ``<data_dir>/objects``.
+        agents: number of agent actors.
+        linger_ms: how long an agent buffers produced batches before one PUT. Longer
+            means fewer PUTs per GiB (cost) and higher produce latency.
+        flush_bytes: flush early once this many bytes are buffered. Bigger objects cost
+            fewer PUTs but hold more memory per agent.
+        max_record_bytes: the largest producer batch accepted (Kafka's
+            ``message.max.bytes``, default 1 MiB + overhead).
+        kafka_host / kafka_port: where agent 0 listens for the Kafka protocol; agent n
+            listens on ``kafka_port + n``. ``kafka_port = 0`` disables the listener;
+            ``-1`` picks free ports.
+        auto_create_topics: create unknown topics on first Kafka Metadata/Produce.
+        default_partitions: partition count for auto-created topics.
+        cache_bytes: per-agent segment cache size.
+        namespace: the Ray namespace holding this cluster's named actors (``metadata``,
+            ``agent-<n>``); tests run several clusters side by side with distinct ones.
+    """
+
+    data_dir: str = DEFAULT_DATA_DIR
+    object_store: str = ""
+    agents: int = 1
+    linger_ms: int = 250
+    flush_bytes: int = 8 * 1024 * 1024
+    max_record_bytes: int = 1024 * 1024 + 12
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    auto_create_topics: bool = False
+    default_partitions: int = 1
+    cache_bytes: int = 256 * 1024 * 1024
+    max_request_bytes: int = 100 * 1024 * 1024
+    namespace: str = NAMESPACE
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "agents": self.agents >= 1,
+            "linger_ms": 0 <= self.linger_ms <= 60_000,
+            "flush_bytes": 1024 <= self.flush_bytes <= 1024**3,
+            "max_record_bytes": 1 <= self.max_record_bytes <= 64 * 1024**2,
+            "kafka_port": -1 <= self.kafka_port <= 65535,
+            "default_partitions": self.default_partitions >= 1,
+            "cache_bytes": self.cache_bytes >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise InvalidConfig(f"setting {key!r} has invalid value {getattr(self, key)!r}")
+
+    @property
+    def resolved_data_dir(self) -> str:
+        return str(Path(self.data_dir).expanduser().resolve())
+
+    @property
+    def resolved_object_store(self) -> str:
+        if self.object_store:
+            if self.object_store.startswith(("s3://", "memory://", "file://")):
+                return self.object_store
+            return "file://" + str(Path(self.object_store).expanduser().resolve())
+        return "file://" + str(Path(self.resolved_data_dir) / "objects")
+
+    def with_overrides(self, **kwargs: object) -> Settings:
+        clean = {k: v for k, v in kwargs.items() if v is not None}
+        return replace(self, **clean)  # type: ignore[arg-type]
+
+
+_ENV_KEYS = {
+    "RAY_STREAM_DATA_DIR": ("data_dir", str),
+    "RAY_STREAM_OBJECT_STORE": ("object_store", str),
+    "RAY_STREAM_AGENTS": ("agents", int),
+    "RAY_STREAM_LINGER_MS": ("linger_ms", int),
+    "RAY_STREAM_FLUSH_BYTES": ("flush_bytes", int),
+    "RAY_STREAM_KAFKA_PORT": ("kafka_port", int),
+}
+
+
+def settings_from_env(**overrides: object) -> Settings:
+    """Settings from ``RAY_STREAM_*`` variables, then explicit overrides (None = unset)."""
+    values: dict[str, object] = {}
+    for env, (key, kind) in _ENV_KEYS.items():
+        raw = os.environ.get(env)
+        if raw is None:
+            continue
+        try:
+            values[key] = kind(raw)
+        except ValueError as exc:
+            raise InvalidConfig(f"environment variable {env}={raw!r} is not a valid {key}") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def state_dir() -> Path:
+    """Where ``ray-stream start`` records how to reach the running cluster."""
+    return Path(os.environ.get("RAY_STREAM_STATE_DIR", "~/.ray_stream")).expanduser()

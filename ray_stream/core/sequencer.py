@@ -1,0 +1,610 @@
+"""The metadata sequencer: the in-memory source of truth for offsets (pure, no I/O).
+
+It holds topics (``TopicInfo`` + ``topic_id``), each partition's ordered batch references
+with their base offsets (for bisect), high watermark and log start offset, idempotent
+producer state, transactional-id epochs, consumer-group committed offsets, the next
+producer id and a reference count per segment key.
+
+Every change happens in two steps, so the shell can make it durable in between:
+
+1. ``plan_*`` validates a command against the current state and returns a ``Changes``
+   value: exactly the rows to persist (new batch rows, partition watermarks, producer
+   state, topic rows, ...). Planning never mutates anything.
+2. ``apply(changes)`` makes those rows the current state. It is infallible for a
+   ``Changes`` planned against the current state.
+
+The metadata actor plans, persists in one SQLite transaction, and only then applies, so
+readers (``locate``, ``list_offset``) never see a change that is not durable, and a failed
+write needs no rollback. ``apply_commits`` (plan + apply) serves tests and replays.
+
+Invariants:
+- within a partition, base offsets are contiguous: each batch starts at the previous
+  batch's last offset + 1; the high watermark is the last batch's last offset + 1;
+- offsets are assigned in commit order (request order, then entry order);
+- a retried idempotent batch (same producer id, epoch and base sequence as one of the
+  last ``REMEMBERED_BATCHES``) gets its original offset back and adds nothing;
+- the reference count of a segment key is the number of batch refs naming it.
+
+Never: do I/O, read clocks, or generate ids (the shell passes ``topic_id`` in).
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from ray_stream.core.topic_name import collision_key, validate_topic_name
+from ray_stream.core.types import (
+    BatchEntry,
+    BatchRef,
+    BatchResult,
+    CommitRequest,
+    CommittedOffset,
+    LocateResult,
+    PartitionInfo,
+    TopicInfo,
+)
+from ray_stream.errors import (
+    InternalError,
+    InvalidConfig,
+    InvalidPartitions,
+    InvalidProducerEpoch,
+    InvalidRequest,
+    InvalidTopic,
+    OffsetOutOfRange,
+    OutOfOrderSequence,
+    RayStreamError,
+    TopicAlreadyExists,
+    UnknownTopicOrPartition,
+)
+
+MAX_PARTITIONS = 10_000
+REMEMBERED_BATCHES = 5  # Kafka's ProducerStateEntry.NUM_BATCHES_TO_RETAIN
+SEQUENCE_LIMIT = 2**31  # sequences wrap from Int.MAX to 0 (DefaultRecordBatch.incrementSequence)
+MAX_EPOCH = 32767  # producer epochs are int16
+EARLIEST = -2
+LATEST = -1
+_TOPIC_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRow:
+    topic: str
+    partition: int
+    log_start_offset: int
+    high_watermark: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    topic: str
+    partition: int
+    ref: BatchRef
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerState:
+    """Per (producer_id, topic, partition): the epoch and the last committed batches.
+
+    ``batches`` holds ``(base_sequence, last_sequence, base_offset)``, oldest first, at
+    most ``REMEMBERED_BATCHES`` of them, never empty.
+    """
+
+    epoch: int
+    batches: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerRow:
+    producer_id: int
+    topic: str
+    partition: int
+    state: ProducerState
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionalRow:
+    """The producer id and current epoch handed to a transactional id."""
+
+    transactional_id: str
+    producer_id: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOffsetRow:
+    group: str
+    topic: str
+    partition: int
+    offset: CommittedOffset
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Rows to persist, in one transaction, then ``apply``.
+
+    Deletions come first: a deleted topic takes its partitions, batches, producer
+    states and group offsets with it; a deleted group takes its offsets. ``topics``
+    and the other row tuples are upserts; ``batches`` are appends in offset order.
+    """
+
+    deleted_topics: tuple[str, ...] = ()
+    deleted_groups: tuple[str, ...] = ()
+    topics: tuple[TopicInfo, ...] = ()
+    partitions: tuple[PartitionRow, ...] = ()
+    batches: tuple[BatchRow, ...] = ()
+    producers: tuple[ProducerRow, ...] = ()
+    transactional: tuple[TransactionalRow, ...] = ()
+    group_offsets: tuple[GroupOffsetRow, ...] = ()
+    next_producer_id: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == _NO_CHANGES
+
+
+_NO_CHANGES = Changes()
+
+
+class _Partition:
+    __slots__ = ("bases", "high_watermark", "log_start_offset", "refs", "ts_prefix")
+
+    def __init__(self) -> None:
+        self.refs: list[BatchRef] = []
+        self.bases: list[int] = []  # refs[i].base_offset, for bisect
+        self.ts_prefix: list[int] = []  # running max of max_timestamp, for bisect
+        self.log_start_offset = 0
+        self.high_watermark = 0
+
+    def info(self, index: int) -> PartitionInfo:
+        return PartitionInfo(index, self.log_start_offset, self.high_watermark)
+
+
+class _Topic:
+    __slots__ = ("info", "partitions")
+
+    def __init__(self, info: TopicInfo) -> None:
+        self.info = info
+        self.partitions: list[_Partition] = []
+
+
+class Sequencer:
+    """The sequencer state. See the module docstring for the plan/apply protocol."""
+
+    def __init__(self) -> None:
+        self._topics: dict[str, _Topic] = {}
+        self._collisions: dict[str, str] = {}  # collision_key(name) -> name
+        self._producers: dict[tuple[int, str, int], ProducerState] = {}
+        self._transactional: dict[str, TransactionalRow] = {}
+        self._min_epoch: dict[int, int] = {}  # producer_id -> epoch from init_producer_id
+        self._next_producer_id = 0
+        self._groups: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
+        self._segments: dict[str, int] = {}  # segment key -> number of batch refs
+
+    # ----------------------------------------------------------------- reads
+    @property
+    def next_producer_id(self) -> int:
+        return self._next_producer_id
+
+    def list_topics(self) -> list[TopicInfo]:
+        """Every topic, sorted by name, with ``partition_info``."""
+        return [self.describe_topic(name) for name in sorted(self._topics)]
+
+    def describe_topic(self, name: str) -> TopicInfo:
+        """Raises UnknownTopicOrPartition."""
+        topic = self._topic(name)
+        infos = tuple(p.info(i) for i, p in enumerate(topic.partitions))
+        return replace(topic.info, partition_info=infos)
+
+    def partition_info(self, topic: str, partition: int) -> PartitionInfo:
+        """Raises UnknownTopicOrPartition."""
+        return self._partition(topic, partition).info(partition)
+
+    def locate(self, topic: str, partition: int, offset: int, max_bytes: int) -> LocateResult:
+        """The batches whose last offset >= ``offset``, in order: at least one, then more
+        while their total length stays within ``max_bytes``.
+
+        Raises:
+            UnknownTopicOrPartition: no such topic or partition.
+            OffsetOutOfRange: ``offset`` is outside [log_start_offset, high_watermark].
+        """
+        part = self._partition(topic, partition)
+        start, end = part.log_start_offset, part.high_watermark
+        if not start <= offset <= end:
+            raise OffsetOutOfRange(
+                f"offset {offset} is outside [{start}, {end}] for {topic}-{partition}"
+            )
+        if offset == end:
+            return LocateResult(end, start, ())
+        i = max(bisect_right(part.bases, offset) - 1, 0)
+        refs = part.refs
+        total = refs[i].length
+        stop = i + 1
+        while stop < len(refs) and total + refs[stop].length <= max_bytes:
+            total += refs[stop].length
+            stop += 1
+        return LocateResult(end, start, tuple(refs[i:stop]))
+
+    def list_offset(self, topic: str, partition: int, timestamp: int) -> tuple[int, int]:
+        """Kafka ListOffsets for one partition, at batch granularity.
+
+        Returns:
+            ``(log_start_offset, -1)`` for -2 (earliest), ``(high_watermark, -1)`` for -1
+            (latest); otherwise the base offset and max timestamp of the first batch with
+            ``max_timestamp >= timestamp``, or ``(-1, -1)`` when there is none.
+
+        Raises:
+            UnknownTopicOrPartition: no such topic or partition.
+            InvalidRequest: any other negative timestamp.
+        """
+        part = self._partition(topic, partition)
+        if timestamp == EARLIEST:
+            return part.log_start_offset, -1
+        if timestamp == LATEST:
+            return part.high_watermark, -1
+        if timestamp < 0:
+            raise InvalidRequest(f"list_offset timestamp {timestamp} is not -2, -1 or >= 0")
+        i = bisect_left(part.ts_prefix, timestamp)
+        if i == len(part.refs):
+            return -1, -1
+        ref = part.refs[i]
+        return max(ref.base_offset, part.log_start_offset), ref.max_timestamp
+
+    def producer_state(self, producer_id: int, topic: str, partition: int) -> ProducerState | None:
+        return self._producers.get((producer_id, topic, partition))
+
+    def fetch_offsets(
+        self, group: str, partitions: Sequence[tuple[str, int]] | None = None
+    ) -> dict[tuple[str, int], CommittedOffset]:
+        """Committed offsets of ``group`` (all, or those of ``partitions`` that exist)."""
+        offsets = self._groups.get(group, {})
+        if partitions is None:
+            return dict(offsets)
+        return {tp: offsets[tp] for tp in partitions if tp in offsets}
+
+    def referenced_segments(self) -> frozenset[str]:
+        """Segment keys named by at least one batch ref (anything else is an orphan)."""
+        return frozenset(self._segments)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "topics": len(self._topics),
+            "partitions": sum(len(t.partitions) for t in self._topics.values()),
+            "batches": sum(len(p.refs) for t in self._topics.values() for p in t.partitions),
+            "segments": len(self._segments),
+            "producers": len(self._producers),
+            "transactional_ids": len(self._transactional),
+            "groups": len(self._groups),
+            "next_producer_id": self._next_producer_id,
+        }
+
+    # -------------------------------------------------------------- planning
+    def plan_create_topic(
+        self,
+        name: str,
+        partitions: int,
+        config: Mapping[str, str] | None = None,
+        *,
+        topic_id: str,
+    ) -> Changes:
+        """Raises InvalidTopic, InvalidPartitions, InvalidConfig, TopicAlreadyExists."""
+        validate_topic_name(name)
+        _check_partition_count(partitions, low=1)
+        clean = _check_config(config)
+        if name in self._topics:
+            raise TopicAlreadyExists(f"topic {name!r} already exists")
+        other = self._collisions.get(collision_key(name))
+        if other is not None:
+            raise InvalidTopic(f"topic {name!r} collides with existing topic {other!r}")
+        if _TOPIC_ID.fullmatch(topic_id) is None or int(topic_id, 16) == 0:
+            raise InternalError(f"topic_id {topic_id!r} is not 32 lowercase hex digits")
+        if any(t.info.topic_id == topic_id for t in self._topics.values()):
+            raise InternalError(f"topic_id {topic_id} is already in use")
+        return Changes(
+            topics=(TopicInfo(name, topic_id, partitions, clean),),
+            partitions=tuple(PartitionRow(name, p, 0, 0) for p in range(partitions)),
+        )
+
+    def plan_delete_topic(self, name: str) -> Changes:
+        """Raises UnknownTopicOrPartition."""
+        self._topic(name)
+        return Changes(deleted_topics=(name,))
+
+    def plan_create_partitions(self, name: str, total: int) -> Changes:
+        """Grow a topic. Raises UnknownTopicOrPartition, InvalidPartitions."""
+        topic = self._topic(name)
+        current = topic.info.partitions
+        _check_partition_count(total, low=current + 1)
+        return Changes(
+            topics=(replace(topic.info, partitions=total),),
+            partitions=tuple(PartitionRow(name, p, 0, 0) for p in range(current, total)),
+        )
+
+    def plan_commits(
+        self, requests: Sequence[CommitRequest]
+    ) -> tuple[list[list[BatchResult]], Changes]:
+        """Assign offsets to every batch of a group-commit round.
+
+        Returns one ``BatchResult`` list per request (in entry order) and the rows to
+        persist. Failed or duplicate entries produce no rows.
+        """
+        round_ = _Round(self)
+        results = [[round_.add(r.segment_key, e) for e in r.batches] for r in requests]
+        return results, round_.changes()
+
+    def plan_commit_offsets(
+        self, group: str, offsets: Mapping[tuple[str, int], CommittedOffset]
+    ) -> Changes:
+        """Raises InvalidRequest (bad group or value), UnknownTopicOrPartition."""
+        _check_group(group)
+        rows = []
+        for (topic, partition), committed in offsets.items():
+            self._partition(topic, partition)
+            if not isinstance(committed, CommittedOffset):
+                raise InvalidRequest(
+                    f"offset for {topic}-{partition} must be a CommittedOffset, "
+                    f"got {type(committed).__name__}"
+                )
+            rows.append(GroupOffsetRow(group, topic, partition, committed))
+        return Changes(group_offsets=tuple(rows))
+
+    def plan_delete_group_offsets(self, group: str) -> Changes:
+        """Forget every committed offset of ``group`` (no-op when it has none)."""
+        return Changes(deleted_groups=(group,)) if group in self._groups else _NO_CHANGES
+
+    def plan_init_producer_id(
+        self, transactional_id: str | None = None
+    ) -> tuple[tuple[int, int], Changes]:
+        """A new producer id with epoch 0; a known transactional id keeps its producer id
+        and gets the next epoch (fencing the older one), or a new id once int16 runs out.
+
+        Raises:
+            InvalidRequest: ``transactional_id`` is an empty string.
+        """
+        if transactional_id is not None and (
+            not isinstance(transactional_id, str) or not transactional_id
+        ):
+            raise InvalidRequest("transactional_id must be a non-empty string or None")
+        known = self._transactional.get(transactional_id) if transactional_id else None
+        if known is not None and known.epoch < MAX_EPOCH:
+            row = replace(known, epoch=known.epoch + 1)
+            return (row.producer_id, row.epoch), Changes(transactional=(row,))
+        pid = self._next_producer_id
+        rows = (TransactionalRow(transactional_id, pid, 0),) if transactional_id else ()
+        return (pid, 0), Changes(transactional=rows, next_producer_id=pid + 1)
+
+    # -------------------------------------------------------------- applying
+    def apply(self, changes: Changes) -> None:
+        """Make planned rows the current state (see ``Changes`` for the order)."""
+        for name in changes.deleted_topics:
+            self._drop_topic(name)
+        for group in changes.deleted_groups:
+            self._groups.pop(group, None)
+        for info in changes.topics:
+            self._put_topic(info)
+        for row in changes.partitions:
+            part = self._topics[row.topic].partitions[row.partition]
+            part.log_start_offset = row.log_start_offset
+            part.high_watermark = row.high_watermark
+        for batch in changes.batches:
+            self._append(batch)
+        for prow in changes.producers:
+            self._producers[(prow.producer_id, prow.topic, prow.partition)] = prow.state
+        for trow in changes.transactional:
+            self._transactional[trow.transactional_id] = trow
+            self._min_epoch[trow.producer_id] = trow.epoch
+        for grow in changes.group_offsets:
+            self._groups.setdefault(grow.group, {})[(grow.topic, grow.partition)] = grow.offset
+        if changes.next_producer_id is not None:
+            self._next_producer_id = changes.next_producer_id
+
+    def apply_commits(
+        self, requests: Sequence[CommitRequest]
+    ) -> tuple[list[list[BatchResult]], Changes]:
+        """``plan_commits`` then ``apply``: for callers that persist afterwards or never."""
+        results, changes = self.plan_commits(requests)
+        self.apply(changes)
+        return results, changes
+
+    # ------------------------------------------------------------- internals
+    def _topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            raise UnknownTopicOrPartition(f"unknown topic {name!r}")
+        return topic
+
+    def _partition(self, topic: str, partition: int) -> _Partition:
+        parts = self._topic(topic).partitions
+        if not isinstance(partition, int) or not 0 <= partition < len(parts):
+            raise UnknownTopicOrPartition(
+                f"topic {topic!r} has no partition {partition!r} (it has {len(parts)})"
+            )
+        return parts[partition]
+
+    def _find_partition(self, topic: str, partition: int) -> _Partition | None:
+        t = self._topics.get(topic)
+        if t is None or not isinstance(partition, int) or not 0 <= partition < len(t.partitions):
+            return None
+        return t.partitions[partition]
+
+    def _put_topic(self, info: TopicInfo) -> None:
+        topic = self._topics.get(info.name)
+        if topic is None:
+            topic = self._topics[info.name] = _Topic(info)
+            self._collisions[collision_key(info.name)] = info.name
+        topic.info = replace(info, partition_info=())
+        while len(topic.partitions) < info.partitions:
+            topic.partitions.append(_Partition())
+
+    def _drop_topic(self, name: str) -> None:
+        topic = self._topics.pop(name)
+        del self._collisions[collision_key(name)]
+        for part in topic.partitions:
+            for ref in part.refs:
+                self._unref(ref.segment_key)
+        for key in [k for k in self._producers if k[1] == name]:
+            del self._producers[key]
+        for group, offsets in list(self._groups.items()):
+            for tp in [tp for tp in offsets if tp[0] == name]:
+                del offsets[tp]
+            if not offsets:
+                del self._groups[group]
+
+    def _append(self, row: BatchRow) -> None:
+        part = self._topics[row.topic].partitions[row.partition]
+        ref = row.ref
+        if part.refs and part.refs[-1].last_offset + 1 != ref.base_offset:
+            raise InternalError(
+                f"batch at {ref.base_offset} does not follow offset "
+                f"{part.refs[-1].last_offset} in {row.topic}-{row.partition}"
+            )
+        prev_ts = part.ts_prefix[-1] if part.ts_prefix else ref.max_timestamp
+        part.refs.append(ref)
+        part.bases.append(ref.base_offset)
+        part.ts_prefix.append(max(prev_ts, ref.max_timestamp))
+        self._segments[ref.segment_key] = self._segments.get(ref.segment_key, 0) + 1
+
+    def _unref(self, key: str) -> None:
+        left = self._segments[key] - 1
+        if left:
+            self._segments[key] = left
+        else:
+            del self._segments[key]
+
+
+class _Round:
+    """One group-commit round being planned: offsets and producer states so far."""
+
+    def __init__(self, seq: Sequencer) -> None:
+        self._seq = seq
+        self._ends: dict[tuple[str, int], int] = {}
+        self._parts: dict[tuple[str, int], _Partition] = {}
+        self._producers: dict[tuple[int, str, int], ProducerState] = {}
+        self._batches: list[BatchRow] = []
+
+    def add(self, segment_key: str, entry: BatchEntry) -> BatchResult:
+        part = self._seq._find_partition(entry.topic, entry.partition)
+        if part is None:
+            error = UnknownTopicOrPartition(
+                f"unknown topic or partition {entry.topic!r}-{entry.partition!r}"
+            )
+            return BatchResult(-1, error)
+        tp = (entry.topic, entry.partition)
+        base = self._ends.get(tp, part.high_watermark)
+        try:
+            _check_entry(entry)
+            if entry.producer_id >= 0 and entry.base_sequence >= 0:
+                duplicate = self._sequence(entry, base)
+                if duplicate is not None:
+                    return BatchResult(duplicate, None, True, part.log_start_offset)
+        except RayStreamError as exc:
+            return BatchResult(-1, exc, False, part.log_start_offset)
+        self._ends[tp] = base + entry.record_count
+        self._parts[tp] = part
+        ref = BatchRef(
+            segment_key,
+            entry.position,
+            entry.length,
+            base,
+            entry.record_count,
+            entry.max_timestamp,
+        )
+        self._batches.append(BatchRow(entry.topic, entry.partition, ref))
+        return BatchResult(base, None, False, part.log_start_offset)
+
+    def _sequence(self, entry: BatchEntry, base: int) -> int | None:
+        """Check an idempotent batch; returns the original offset of a duplicate."""
+        key = (entry.producer_id, entry.topic, entry.partition)
+        state = self._producers[key] if key in self._producers else self._seq._producers.get(key)
+        min_epoch = self._seq._min_epoch.get(entry.producer_id, 0)
+        new_state, duplicate = _next_producer_state(
+            state, entry, base_offset=base, min_epoch=min_epoch
+        )
+        if duplicate is None:
+            self._producers[key] = new_state
+        return duplicate
+
+    def changes(self) -> Changes:
+        parts = tuple(
+            PartitionRow(t, p, self._parts[(t, p)].log_start_offset, end)
+            for (t, p), end in self._ends.items()
+        )
+        producers = tuple(ProducerRow(k[0], k[1], k[2], s) for k, s in self._producers.items())
+        return Changes(partitions=parts, batches=tuple(self._batches), producers=producers)
+
+
+def _next_producer_state(
+    state: ProducerState | None, entry: BatchEntry, *, base_offset: int, min_epoch: int
+) -> tuple[ProducerState, int | None]:
+    """Kafka's ProducerStateManager checks, reduced to what the contract states.
+
+    Returns the producer state after the batch and, for a duplicate, its original base
+    offset. An unknown producer may start at any sequence (its state may have expired);
+    a newer epoch must start at sequence 0.
+
+    Raises:
+        InvalidProducerEpoch: the epoch is older than the current one.
+        OutOfOrderSequence: the base sequence does not follow the last one.
+    """
+    epoch, seq = entry.producer_epoch, entry.base_sequence
+    last_seq = (seq + entry.record_count - 1) % SEQUENCE_LIMIT
+    current = state.epoch if state is not None else -1
+    if epoch < max(min_epoch, current, 0):
+        raise InvalidProducerEpoch(
+            f"producer {entry.producer_id} epoch {epoch} is older than "
+            f"{max(min_epoch, current)} on {entry.topic}-{entry.partition}"
+        )
+    if state is None or epoch > state.epoch:
+        if state is not None and seq != 0:
+            raise OutOfOrderSequence(
+                f"producer {entry.producer_id} new epoch {epoch} must start at sequence 0, "
+                f"got {seq} on {entry.topic}-{entry.partition}"
+            )
+        return ProducerState(epoch, ((seq, last_seq, base_offset),)), None
+    for first, _, offset in state.batches:
+        if first == seq:
+            return state, offset
+    expected = (state.batches[-1][1] + 1) % SEQUENCE_LIMIT
+    if seq != expected:
+        raise OutOfOrderSequence(
+            f"producer {entry.producer_id} epoch {epoch} sent sequence {seq}, expected "
+            f"{expected} on {entry.topic}-{entry.partition}"
+        )
+    kept = state.batches[-(REMEMBERED_BATCHES - 1) :]
+    return ProducerState(epoch, (*kept, (seq, last_seq, base_offset))), None
+
+
+def _check_entry(entry: BatchEntry) -> None:
+    if entry.record_count < 1 or entry.position < 0 or entry.length < 1:
+        raise InvalidRequest(
+            f"batch for {entry.topic}-{entry.partition} has record_count="
+            f"{entry.record_count}, position={entry.position}, length={entry.length}; "
+            "record_count and length must be >= 1 and position >= 0"
+        )
+
+
+def _check_partition_count(count: object, *, low: int) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or not low <= count <= MAX_PARTITIONS:
+        raise InvalidPartitions(
+            f"partition count {count!r} must be an integer in [{low}, {MAX_PARTITIONS}]"
+        )
+
+
+def _check_config(config: Mapping[str, str] | None) -> dict[str, str]:
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise InvalidConfig(f"topic config must be a mapping, got {type(config).__name__}")
+    for key, value in config.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidConfig(
+                f"topic config {key!r} = {value!r}: keys and values must be strings"
+            )
+    return dict(config)
+
+
+def _check_group(group: object) -> None:
+    if not isinstance(group, str) or not group:
+        raise InvalidRequest(f"group id must be a non-empty string, got {group!r}")

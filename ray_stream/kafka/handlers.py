@@ -1,0 +1,401 @@
+"""Kafka request handlers: one per API, each a decoded request -> KafkaBackend calls -> response.
+
+Responsibility: the meaning of every served API (see ``versions.py`` for which versions).
+Handlers build one plain dict per response and ``protocol.build`` shapes it for the
+request's version, so each API is written once for all versions.
+
+Rules:
+
+- Handlers talk only to a ``KafkaBackend`` (the agent, or a fake in tests): data through
+  ``produce``/``fetch``, everything else through ``backend.meta`` (MetadataActor methods).
+- ray_stream errors become Kafka codes only through ``errors_map``; a failing backend
+  call fails the partitions or resources it concerned, never the whole connection.
+- Produce keeps batches opaque: split, size-check, CRC-check, pass the bytes through.
+  A request's partitions go to the backend in one ``produce`` call; acks=0 gets no
+  response. Any agent serves any partition; "leaders" in Metadata only spread load.
+- Any agent coordinates any group (group state lives with the metadata actor), so
+  FindCoordinator always answers with this agent.
+
+Never: import asyncio, sockets or clocks (long polls are the backend's job).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from kio.schema.errors import ErrorCode
+
+from ray_stream.config import Settings
+from ray_stream.core.types import BatchResult, BrokerInfo, FetchResult, TopicInfo
+from ray_stream.errors import (
+    CorruptData,
+    InternalError,
+    RayStreamError,
+    TopicAlreadyExists,
+    UnknownTopicOrPartition,
+)
+from ray_stream.kafka import admin_handlers, group_handlers
+from ray_stream.kafka.admin_handlers import NO_AUTHORIZED_OPERATIONS, cluster_id
+from ray_stream.kafka.errors_map import error_code, error_message, note_unexpected
+from ray_stream.kafka.protocol import Request, build_response, supported_api_keys
+from ray_stream.kafka.records import split_batches, verify_crc
+from ray_stream.kafka.versions import ApiKey
+
+__all__ = ["Handler", "KafkaBackend", "KafkaHandlers", "partition_leader"]
+
+TIMESTAMP_LATEST, TIMESTAMP_EARLIEST, TIMESTAMP_MAX, TIMESTAMP_EARLIEST_LOCAL = -1, -2, -3, -4
+
+
+class KafkaBackend(Protocol):
+    """What the handlers need from an agent (docs/design/0001, "Kafka server")."""
+
+    node_id: int
+    settings: Settings
+    meta: Any  # every MetadataActor method as an awaitable
+
+    async def brokers(self) -> list[BrokerInfo]: ...
+
+    async def produce(self, entries: list[tuple[str, int, bytes]], acks: int) -> list[BatchResult]: ...
+
+    async def fetch(
+        self,
+        requests: list[tuple[str, int, int, int]],
+        *,
+        max_wait_ms: int,
+        min_bytes: int,
+        max_bytes: int,
+    ) -> list[FetchResult]: ...
+
+
+Handler = Callable[[Request, str], Awaitable["dict[str, Any] | None"]]
+
+
+class KafkaHandlers:
+    """Answers decoded requests for one agent; one instance serves all its connections.
+
+    Args:
+        backend: the agent (or a test fake) the handlers call.
+    """
+
+    def __init__(self, backend: KafkaBackend) -> None:
+        self.backend = backend
+        self.settings = backend.settings
+        self.meta = backend.meta
+        self._names_by_id: dict[str, str] = {}
+        self._dispatch: dict[int, Handler] = {
+            ApiKey.API_VERSIONS: self._api_versions,
+            ApiKey.METADATA: self._metadata,
+            ApiKey.PRODUCE: self._produce,
+            ApiKey.FETCH: self._fetch,
+            ApiKey.LIST_OFFSETS: self._list_offsets,
+            ApiKey.INIT_PRODUCER_ID: self._init_producer_id,
+            **admin_handlers.AdminHandlers(self).dispatch(),
+            **group_handlers.GroupHandlers(self).dispatch(),
+        }
+
+    async def handle(self, request: Request, *, client_host: str) -> Any | None:
+        """The kio response entity for ``request``, or None when none is due (acks=0).
+
+        Raises:
+            Whatever a handler did not expect (a bug); the server logs it and closes
+            only that connection.
+        """
+        values = await self._dispatch[request.api_key](request, client_host)
+        if values is None:
+            return None
+        values.setdefault("throttle_time", 0)
+        return build_response(request, values)
+
+    # ------------------------------------------------------------- helpers
+    async def own_broker(self) -> BrokerInfo:
+        brokers = await self.backend.brokers()
+        for broker in brokers:
+            if broker.node_id == self.backend.node_id:
+                return broker
+        raise InternalError(f"brokers() does not list this agent (node {self.backend.node_id})")
+
+    def remember_topics(self, topics: Sequence[TopicInfo]) -> None:
+        for topic in topics:
+            self._names_by_id[topic.topic_id] = topic.name
+
+    def forget_topic(self, topic_id: str) -> None:
+        self._names_by_id.pop(topic_id, None)
+
+    async def topic_name_for_id(self, topic_id: Any) -> str | None:
+        """The name of the topic with this kio UUID, or None if unknown."""
+        key = topic_id.hex if topic_id is not None else ""
+        if key not in self._names_by_id:
+            self.remember_topics(await self.meta.list_topics())
+        return self._names_by_id.get(key)
+
+    # ------------------------------------------------------------- ApiVersions
+    async def _api_versions(self, request: Request, client_host: str) -> dict[str, Any]:
+        return {"error_code": 0, "api_keys": supported_api_keys()}
+
+    # ---------------------------------------------------------------- Metadata
+    async def _metadata(self, request: Request, client_host: str) -> dict[str, Any]:
+        body, version = request.body, request.api_version
+        brokers = sorted(await self.backend.brokers(), key=lambda b: b.node_id)
+        topics = await self.meta.list_topics()
+        self.remember_topics(topics)
+        by_name = {t.name: t for t in topics}
+        by_id = {t.topic_id: t for t in topics}
+        wanted = body.topics
+        if wanted is None or (version == 0 and not wanted):
+            entries = [_metadata_topic(t, brokers) for t in topics]
+        else:
+            auto = self.settings.auto_create_topics and getattr(
+                body, "allow_auto_topic_creation", True
+            )
+            entries = []
+            for item in wanted:
+                topic_id = getattr(item, "topic_id", None)
+                if item.name is None and topic_id is not None and topic_id.int:
+                    info = by_id.get(topic_id.hex)
+                    if info is None:
+                        entries.append(_topic_error(None, ErrorCode.unknown_topic_id, topic_id.hex))
+                        continue
+                else:
+                    info = by_name.get(item.name) or await self._auto_create(item.name, auto)
+                if isinstance(info, TopicInfo):
+                    entries.append(_metadata_topic(info, brokers))
+                else:
+                    entries.append(_topic_error(item.name, error_code(info)))
+        return {
+            "brokers": [
+                {"node_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}
+                for b in brokers
+            ],
+            "cluster_id": cluster_id(self.settings),
+            "controller_id": self.backend.node_id,
+            "topics": entries,
+            "cluster_authorized_operations": NO_AUTHORIZED_OPERATIONS,
+        }
+
+    async def _auto_create(self, name: str, allowed: bool) -> TopicInfo | Exception:
+        if not allowed:
+            return UnknownTopicOrPartition(f"topic {name!r} does not exist")
+        try:
+            info: TopicInfo = await self.meta.create_topic(name, self.settings.default_partitions)
+        except TopicAlreadyExists:
+            return await self.meta.describe_topic(name)  # type: ignore[no-any-return]
+        except RayStreamError as exc:
+            return exc
+        self.remember_topics([info])
+        return info
+
+    # ----------------------------------------------------------------- Produce
+    async def _produce(self, request: Request, client_host: str) -> dict[str, Any] | None:
+        body = request.body
+        entries: list[tuple[str, int, bytes]] = []
+        slots: list[tuple[str, int, Any, str | None, int, int]] = []
+        for topic in body.topic_data:
+            for part in topic.partition_data:
+                batches, code, message = self._check_records(part.records)
+                slots.append((topic.name, part.index, code, message, len(entries), len(batches)))
+                entries.extend((topic.name, part.index, batch) for batch in batches)
+        failure: Exception | None = None
+        results: list[BatchResult] = []
+        if entries:
+            try:
+                results = await self.backend.produce(entries, body.acks)
+            except Exception as exc:
+                failure = note_unexpected(exc, "produce")
+        if body.acks == 0:
+            return None
+        responses: dict[str, list[dict[str, Any]]] = {}
+        for name, index, code, message, start, count in slots:
+            part_results = results[start : start + count] if failure is None else []
+            if code is None:
+                bad = failure or next((r.error for r in part_results if r.error), None)
+                code, message = error_code(bad), error_message(bad)
+            ok = code == ErrorCode.none and bool(part_results)
+            responses.setdefault(name, []).append(
+                {
+                    "index": index,
+                    "error_code": code,
+                    "base_offset": part_results[0].base_offset if ok else -1,
+                    "log_start_offset": part_results[-1].log_start_offset if ok else -1,
+                    "record_errors": [],
+                    "error_message": message,
+                }
+            )
+        return {
+            "responses": [
+                {"name": name, "partition_responses": parts} for name, parts in responses.items()
+            ]
+        }
+
+    def _check_records(self, records: bytes | None) -> tuple[list[bytes], Any, str | None]:
+        """(batches, None, None) if acceptable, else ([], error code, message)."""
+        if not records:
+            return [], ErrorCode.corrupt_message, "no record batches"
+        try:
+            batches = split_batches(records)
+        except CorruptData as exc:
+            return [], ErrorCode.corrupt_message, error_message(exc)
+        limit = self.settings.max_record_bytes
+        for batch in batches:
+            if len(batch) > limit:
+                return [], ErrorCode.message_too_large, f"batch of {len(batch)} bytes > {limit}"
+            if not verify_crc(batch):
+                return [], ErrorCode.corrupt_message, "record batch CRC mismatch"
+        if len(batches) > 1 and len(records) > limit:
+            message = f"{len(batches)} batches of {len(records)} bytes together > {limit}"
+            return [], ErrorCode.record_list_too_large, message
+        return batches, None, None
+
+    # ------------------------------------------------------------------- Fetch
+    async def _fetch(self, request: Request, client_host: str) -> dict[str, Any]:
+        body, by_id = request.body, request.api_version >= 13
+        if getattr(body, "session_id", 0) != 0:  # we never hand out fetch sessions
+            return {"error_code": ErrorCode.fetch_session_id_not_found, "responses": []}
+        wanted: list[tuple[str, int, int, int]] = []
+        layout: list[tuple[Any, str | None, list[int]]] = []  # (topic key, name, partitions)
+        for topic in body.topics:
+            name = await self.topic_name_for_id(topic.topic_id) if by_id else topic.topic
+            layout.append((topic.topic_id if by_id else topic.topic, name, []))
+            for part in topic.partitions:
+                layout[-1][2].append(part.partition)
+                if name is not None:
+                    wanted.append((name, part.partition, part.fetch_offset, part.partition_max_bytes))
+        results = iter(await self._backend_fetch(wanted, body))
+        responses = []
+        for key, name, partitions in layout:
+            parts = []
+            for index in partitions:
+                if name is None:
+                    parts.append(_fetch_error(index, ErrorCode.unknown_topic_id))
+                    continue
+                result = next(results)
+                code = error_code(result.error)
+                if by_id and code == ErrorCode.unknown_topic_or_partition:
+                    code = ErrorCode.unknown_topic_id
+                parts.append(_fetch_partition(index, code, result))
+            responses.append({("topic_id" if by_id else "topic"): key, "partitions": parts})
+        return {"error_code": 0, "session_id": 0, "responses": responses, "node_endpoints": []}
+
+    async def _backend_fetch(self, wanted: list[tuple[str, int, int, int]], body: Any) -> list[FetchResult]:
+        if not wanted:
+            return []
+        try:
+            return await self.backend.fetch(
+                wanted,
+                max_wait_ms=max(0, int(body.max_wait.total_seconds() * 1000)),
+                min_bytes=max(0, body.min_bytes),
+                max_bytes=max(1, getattr(body, "max_bytes", 52428800)),
+            )
+        except Exception as exc:
+            failure = note_unexpected(exc, "fetch")
+            return [FetchResult(t, p, failure, -1, -1) for t, p, _, _ in wanted]
+
+    # ------------------------------------------------------------- ListOffsets
+    async def _list_offsets(self, request: Request, client_host: str) -> dict[str, Any]:
+        topics = []
+        for topic in request.body.topics:
+            parts = []
+            for part in topic.partitions:
+                try:
+                    offset, timestamp = await self._list_offset(topic.name, part.partition_index, part.timestamp)
+                    code = ErrorCode.none
+                except Exception as exc:
+                    offset, timestamp, code = -1, -1, error_code(note_unexpected(exc, "list_offset"))
+                parts.append(
+                    {
+                        "partition_index": part.partition_index,
+                        "error_code": code,
+                        "timestamp": timestamp,
+                        "offset": offset,
+                        "leader_epoch": -1,
+                    }
+                )
+            topics.append({"name": topic.name, "partitions": parts})
+        return {"topics": topics}
+
+    async def _list_offset(self, topic: str, partition: int, timestamp: int) -> tuple[int, int]:
+        if timestamp == TIMESTAMP_EARLIEST_LOCAL:  # everything is "local" here
+            timestamp = TIMESTAMP_EARLIEST
+        if timestamp != TIMESTAMP_MAX:
+            result: tuple[int, int] = await self.meta.list_offset(topic, partition, timestamp)
+            return result
+        # KIP-734 max timestamp: the newest batch's last offset and max timestamp (exact
+        # when timestamps grow with offsets, as CreateTime from one producer does).
+        latest, _ = await self.meta.list_offset(topic, partition, TIMESTAMP_LATEST)
+        earliest, _ = await self.meta.list_offset(topic, partition, TIMESTAMP_EARLIEST)
+        if latest <= earliest:
+            return -1, -1
+        located = await self.meta.locate(topic, partition, latest - 1, 1)
+        last = located.batches[-1]
+        return last.last_offset, last.max_timestamp
+
+    # ---------------------------------------------------------- InitProducerId
+    async def _init_producer_id(self, request: Request, client_host: str) -> dict[str, Any]:
+        try:
+            producer_id, epoch = await self.meta.init_producer_id(request.body.transactional_id)
+            code = ErrorCode.none
+        except Exception as exc:
+            producer_id, epoch, code = -1, -1, error_code(note_unexpected(exc, "init_producer_id"))
+        return {"error_code": code, "producer_id": producer_id, "producer_epoch": epoch}
+
+
+# ----------------------------------------------------------------- module helpers
+def partition_leader(topic: str, partition: int, brokers: Sequence[BrokerInfo]) -> int:
+    """The routing hint for one partition: round-robin over agents, offset per topic."""
+    if not brokers:
+        return -1
+    return brokers[(zlib.crc32(topic.encode()) + partition) % len(brokers)].node_id
+
+
+def _metadata_topic(info: TopicInfo, brokers: Sequence[BrokerInfo]) -> dict[str, Any]:
+    partitions = []
+    for index in range(info.partitions):
+        leader = partition_leader(info.name, index, brokers)
+        partitions.append(
+            {
+                "error_code": ErrorCode.none if leader >= 0 else ErrorCode.leader_not_available,
+                "partition_index": index,
+                "leader_id": leader,
+                "leader_epoch": -1,  # no epochs: clients then skip leader-epoch validation
+                "replica_nodes": [leader],
+                "isr_nodes": [leader],
+                "offline_replicas": [],
+            }
+        )
+    return {
+        "error_code": 0,
+        "name": info.name,
+        "topic_id": info.topic_id,
+        "is_internal": False,
+        "partitions": partitions,
+        "topic_authorized_operations": NO_AUTHORIZED_OPERATIONS,
+    }
+
+
+def _topic_error(name: str | None, code: ErrorCode, topic_id: str | None = None) -> dict[str, Any]:
+    return {
+        "error_code": code,
+        "name": name,
+        "topic_id": topic_id,
+        "is_internal": False,
+        "partitions": [],
+        "topic_authorized_operations": NO_AUTHORIZED_OPERATIONS,
+    }
+
+
+def _fetch_partition(index: int, code: Any, result: FetchResult) -> dict[str, Any]:
+    return {
+        "partition_index": index,
+        "error_code": code,
+        "high_watermark": result.high_watermark,
+        "last_stable_offset": result.high_watermark,
+        "log_start_offset": result.log_start_offset,
+        "aborted_transactions": None,
+        "preferred_read_replica": -1,
+        "records": result.records if code == ErrorCode.none else b"",
+    }
+
+
+def _fetch_error(index: int, code: ErrorCode) -> dict[str, Any]:
+    return _fetch_partition(index, code, FetchResult("", index, None, -1, -1))

@@ -1,0 +1,176 @@
+"""The Kafka TCP listener: socket <-> framing/protocol <-> handlers, on the agent's loop.
+
+Responsibility: accept connections and, per connection, cut frames, decode requests,
+run their handlers and write the responses back.
+
+Rules:
+
+1. **Responses leave in request order** (Kafka requires it per connection), while the
+   handlers run concurrently: a long-polling Fetch does not hold up a Heartbeat behind
+   it on the wire more than ordering forces. Handler tasks are *started* in request
+   order, and a produce handler reaches ``backend.produce`` without suspending, so one
+   connection's produce requests are sequenced in the order they were sent (idempotent
+   producers pipeline up to 5 requests and rely on that).
+2. **Bad input costs only its own connection.** Garbage, a truncated frame, a length
+   prefix over ``max_request_bytes``, an unknown API key or an unserved version, or a
+   handler bug: log it, answer what is already due, close that connection. Nothing
+   raised in one connection reaches the listener or another connection.
+3. At most ``MAX_IN_FLIGHT`` requests per connection are being handled; beyond that
+   the connection is not read (TCP back-pressure), so a client cannot make us buffer
+   without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray_stream.errors import RayStreamError
+from ray_stream.kafka.framing import FrameDecoder
+from ray_stream.kafka.handlers import KafkaBackend, KafkaHandlers
+from ray_stream.kafka.protocol import (
+    Request,
+    api_versions_fallback,
+    encode_response,
+    parse_request,
+    preload,
+)
+
+__all__ = ["MAX_IN_FLIGHT", "start_kafka_server"]
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 64
+READ_BYTES = 1024 * 1024
+_STREAM_LIMIT = 4 * 1024 * 1024  # StreamReader buffer before it pauses the socket
+
+_Work = tuple[Request, "asyncio.Task[Any] | bytes"]
+
+
+async def start_kafka_server(
+    backend: KafkaBackend, *, host: str, port: int
+) -> asyncio.AbstractServer:
+    """Listen for Kafka clients on ``host:port`` (0 picks a free port) in this loop.
+
+    Returns:
+        The started asyncio server; ``server.sockets[0].getsockname()`` is the address.
+        Closing it stops accepting; open connections end when their clients leave.
+    """
+    await asyncio.to_thread(preload)
+    handlers = KafkaHandlers(backend)
+    max_frame = backend.settings.max_request_bytes
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = _Connection(handlers, reader, writer, max_frame_bytes=max_frame)
+        try:
+            await connection.run()
+        except asyncio.CancelledError:
+            # The loop is shutting down. Ending quietly also sidesteps Python 3.11's
+            # StreamReaderProtocol callback, which calls task.exception() on a
+            # cancelled task and logs a spurious traceback.
+            return
+        except Exception:  # rule 2: the listener outlives any connection
+            log.exception("kafka connection %s failed", connection.peer)
+
+    return await asyncio.start_server(on_connect, host, port, limit=_STREAM_LIMIT)
+
+
+class _Connection:
+    """One client connection: a reader loop feeding an ordered writer loop."""
+
+    def __init__(
+        self,
+        handlers: KafkaHandlers,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        max_frame_bytes: int,
+    ) -> None:
+        self._handlers = handlers
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._queue: asyncio.Queue[_Work | None] = asyncio.Queue(MAX_IN_FLIGHT)
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._client_host = "/" + (peer[0] if isinstance(peer, tuple) else str(peer))
+
+    async def run(self) -> None:
+        writing = asyncio.create_task(self._write_loop())
+        try:
+            await self._read_loop()
+            if not writing.done():  # answer what was already asked, then close
+                await self._queue.put(None)
+                await writing
+        finally:
+            writing.cancel()
+            self._cancel_queued()
+            self._writer.close()
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                data = await self._reader.read(READ_BYTES)
+            except (ConnectionError, OSError):
+                return
+            if not data:
+                if self._decoder.buffered_bytes:
+                    log.warning(
+                        "kafka client %s closed mid-frame (%d bytes of a truncated frame)",
+                        self.peer,
+                        self._decoder.buffered_bytes,
+                    )
+                return
+            self._decoder.receive_data(data)
+            try:
+                while (frame := self._decoder.next_frame()) is not None:
+                    await self._queue.put(self._start(parse_request(frame)))
+            except RayStreamError as exc:
+                log.warning("kafka client %s sent bad input, closing: %s", self.peer, exc)
+                return
+
+    def _start(self, request: Request) -> _Work:
+        if request.body is None:  # an ApiVersions version we do not serve
+            return request, api_versions_fallback(request)
+        task = asyncio.create_task(self._handlers.handle(request, client_host=self._client_host))
+        return request, task
+
+    async def _write_loop(self) -> None:
+        while (work := await self._queue.get()) is not None:
+            request, pending = work
+            if isinstance(pending, bytes):
+                data = pending
+            else:
+                try:
+                    body = await pending
+                    if body is None:  # acks=0 produce: no response
+                        continue
+                    data = encode_response(request, body)
+                except Exception:
+                    log.exception(
+                        "kafka %s v%d (correlation %d) from %s failed; closing",
+                        request.api_name,
+                        request.api_version,
+                        request.correlation_id,
+                        self.peer,
+                    )
+                    self._abort()
+                    return
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+            except (ConnectionError, OSError):
+                self._abort()
+                return
+
+    def _abort(self) -> None:
+        """Stop reading too: the reader's next ``read`` sees the closed transport."""
+        self._writer.transport.abort()
+        self._cancel_queued()
+
+    def _cancel_queued(self) -> None:
+        while not self._queue.empty():
+            work = self._queue.get_nowait()
+            if work is not None and isinstance(work[1], asyncio.Task):
+                work[1].cancel()

@@ -1,0 +1,245 @@
+"""Test doubles: an in-memory agent (``FakeBackend``) and a Kafka test cluster on a thread.
+
+``FakeBackend`` implements the ``KafkaBackend`` protocol with the agent's semantics but
+no object store: ``produce`` commits each call's batches as one fake segment through a
+*real* ``MetadataActor`` (so offsets, idempotence and watermarks are the real ones) and
+keeps the segment bytes in a dict; ``fetch`` uses ``meta.locate`` + ``set_base_offset``
+and long-polls with ``meta.wait_for_data`` (woken by commits, not a timer).
+
+``KafkaTestCluster`` runs one or more fake agents, sharing one metadata actor, each with
+a real Kafka listener on 127.0.0.1, in a background thread's event loop, so real client
+libraries (confluent-kafka, kafka-python, aiokafka) can talk to it from the test thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from ray_stream.actors.metadata import MetadataActor
+from ray_stream.config import Settings
+from ray_stream.core.types import BatchEntry, BatchResult, BrokerInfo, CommitRequest, FetchResult
+from ray_stream.errors import OffsetOutOfRange, UnknownTopicOrPartition
+from ray_stream.kafka.records import parse_batch_header, set_base_offset
+
+T = TypeVar("T")
+
+GROUP_METHODS = (
+    "join_group",
+    "sync_group",
+    "heartbeat",
+    "leave_group",
+    "list_groups",
+    "describe_groups",
+    "delete_groups",
+    "validate_offset_commit",
+)
+
+
+class MetaWithGroups:
+    """A MetadataActor plus a GroupService for the group methods, for as long as the
+    actor does not delegate them itself (contract: same names and signatures)."""
+
+    def __init__(self, actor: MetadataActor) -> None:
+        from ray_stream.actors.group_service import GroupService
+
+        self.actor = actor
+        self.groups = GroupService(initial_rebalance_delay_ms=100)
+
+    def __getattr__(self, name: str) -> Any:
+        target = self.groups if name in GROUP_METHODS else self.actor
+        return getattr(target, name)
+
+
+def make_meta(settings: Settings) -> Any:
+    """A real MetadataActor (on ``settings.data_dir``), with group methods available."""
+    actor = MetadataActor(settings)
+    if all(hasattr(actor, name) for name in GROUP_METHODS):
+        return actor
+    return MetaWithGroups(actor)
+
+
+class FakeBackend:
+    """An agent without an object store (see module docstring).
+
+    Args:
+        settings: cluster settings (``data_dir`` must be a temp dir).
+        meta: the shared metadata (``make_meta``).
+        node_id: this agent's broker id.
+        segments: shared ``segment key -> bytes`` store (agents of one cluster share it).
+        peers: the other agents' listeners, for ``brokers()``.
+    """
+
+    _keys = itertools.count()
+
+    def __init__(
+        self,
+        settings: Settings,
+        meta: Any,
+        *,
+        node_id: int = 0,
+        segments: dict[str, bytes] | None = None,
+        peers: list[BrokerInfo] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.meta = meta
+        self.node_id = node_id
+        self.segments = segments if segments is not None else {}
+        self.peers = peers if peers is not None else []
+        self.address: BrokerInfo | None = None
+        self.produce_calls: list[tuple[list[tuple[str, int, bytes]], int]] = []
+        self.fetch_calls: list[dict[str, Any]] = []
+
+    async def brokers(self) -> list[BrokerInfo]:
+        own = [self.address] if self.address is not None else []
+        return own + [p for p in self.peers if p.node_id != self.node_id]
+
+    async def produce(self, entries: list[tuple[str, int, bytes]], acks: int) -> list[BatchResult]:
+        self.produce_calls.append((entries, acks))
+        batches, position, parts = [], 0, []
+        for topic, partition, data in entries:
+            header = parse_batch_header(data)
+            batches.append(
+                BatchEntry(
+                    topic=topic,
+                    partition=partition,
+                    position=position,
+                    length=len(data),
+                    record_count=header.last_offset_delta + 1,
+                    first_timestamp=header.first_timestamp,
+                    max_timestamp=header.max_timestamp,
+                    producer_id=header.producer_id,
+                    producer_epoch=header.producer_epoch,
+                    base_sequence=header.base_sequence,
+                )
+            )
+            parts.append(data)
+            position += len(data)
+        key = f"segments/fake-{next(self._keys):08d}.arrow"
+        self.segments[key] = b"".join(parts)  # "PUT" before the commit, like the agent
+        results: list[BatchResult] = await self.meta.commit(
+            CommitRequest(segment_key=key, segment_bytes=position, batches=tuple(batches))
+        )
+        return results
+
+    async def fetch(
+        self,
+        requests: list[tuple[str, int, int, int]],
+        *,
+        max_wait_ms: int,
+        min_bytes: int,
+        max_bytes: int,
+    ) -> list[FetchResult]:
+        self.fetch_calls.append(
+            {"requests": requests, "max_wait_ms": max_wait_ms, "min_bytes": min_bytes, "max_bytes": max_bytes}
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait_ms / 1000
+        while True:
+            results = await self._fetch_once(requests, max_bytes)
+            got = sum(len(r.records) for r in results)
+            remaining = deadline - loop.time()
+            if got >= min_bytes or remaining <= 0 or any(r.error for r in results):
+                return results
+            positions = [(t, p, max(o, r.high_watermark)) for (t, p, o, _), r in zip(requests, results)]
+            await self.meta.wait_for_data(positions, remaining)
+
+    async def _fetch_once(self, requests: list[tuple[str, int, int, int]], max_bytes: int) -> list[FetchResult]:
+        results, budget = [], max_bytes
+        for topic, partition, offset, partition_max in requests:
+            try:
+                located = await self.meta.locate(topic, partition, offset, partition_max)
+            except (UnknownTopicOrPartition, OffsetOutOfRange) as exc:
+                results.append(FetchResult(topic, partition, exc, -1, -1))
+                continue
+            chosen = []
+            for ref in located.batches if budget > 0 else ():
+                if chosen and ref.length > budget:
+                    break
+                raw = self.segments[ref.segment_key][ref.position : ref.position + ref.length]
+                chosen.append(set_base_offset(raw, ref.base_offset))
+                budget -= ref.length
+            results.append(
+                FetchResult(
+                    topic, partition, None, located.high_watermark, located.log_start_offset, b"".join(chosen)
+                )
+            )
+        return results
+
+
+class KafkaTestCluster:
+    """Fake agents with real Kafka listeners on 127.0.0.1, run by a background loop.
+
+    Use as a context manager; ``bootstrap`` is the clients' ``bootstrap.servers``.
+    """
+
+    def __init__(self, settings: Settings, *, agents: int = 1) -> None:
+        self.settings = settings
+        self.agents = agents
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="kafka-test-loop", daemon=True)
+        self.backends: list[FakeBackend] = []
+        self.servers: list[asyncio.AbstractServer] = []
+        self.meta: Any = None
+
+    def __enter__(self) -> KafkaTestCluster:
+        self._thread.start()
+        self.run(self._start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"{b.address.host}:{b.address.port}" for b in self.backends if b.address)
+
+    @property
+    def ports(self) -> list[int]:
+        return [b.address.port for b in self.backends if b.address]
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run ``coro`` on the cluster's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> None:
+        from ray_stream.server.kafka_server import start_kafka_server
+
+        self.meta = make_meta(self.settings)
+        segments: dict[str, bytes] = {}
+        peers: list[BrokerInfo] = []
+        for node_id in range(self.agents):
+            backend = FakeBackend(self.settings, self.meta, node_id=node_id, segments=segments, peers=peers)
+            server = await start_kafka_server(backend, host="127.0.0.1", port=0)
+            port = server.sockets[0].getsockname()[1]
+            backend.address = BrokerInfo(node_id=node_id, host="127.0.0.1", port=port)
+            peers.append(backend.address)
+            self.backends.append(backend)
+            self.servers.append(server)
+
+    async def _stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        groups = getattr(self.meta, "groups", None)
+        if groups is not None:
+            await groups.close()
+        # Connections outlive server.close() (Python 3.11): cancel them and every other
+        # task (long polls, handlers) so the loop stops clean.
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            self.run(self._stop(), timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
