@@ -14,7 +14,10 @@ libraries (confluent-kafka, kafka-python, aiokafka) can talk to it from the test
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
+import socket
+import struct
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -23,6 +26,8 @@ from ray_stream.actors.metadata import MetadataActor
 from ray_stream.config import Settings
 from ray_stream.core.types import BatchEntry, BatchResult, BrokerInfo, CommitRequest, FetchResult
 from ray_stream.errors import OffsetOutOfRange, UnknownTopicOrPartition
+from ray_stream.kafka.framing import encode_frame
+from ray_stream.kafka.protocol import build, request_class, response_class
 from ray_stream.kafka.records import parse_batch_header, set_base_offset
 
 T = TypeVar("T")
@@ -243,3 +248,81 @@ class KafkaTestCluster:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             self.loop.close()
+
+
+# ----------------------------------------------------------------------------- wire
+def encode_request(
+    api_key: int,
+    version: int,
+    values: dict[str, Any],
+    *,
+    correlation_id: int = 1,
+    client_id: str | None = "ray-stream-test",
+) -> bytes:
+    """A length-prefixed request frame, as a client would send it (header v1 or v2)."""
+    from kio.serial import entity_writer
+
+    cls = request_class(api_key, version)
+    header_cls = cls.__header_schema__
+    buffer = io.BytesIO()
+    entity_writer(header_cls)(
+        buffer,
+        header_cls(
+            request_api_key=api_key,
+            request_api_version=version,
+            correlation_id=correlation_id,
+            client_id=client_id,
+        ),
+    )
+    entity_writer(cls)(buffer, build(cls, values))
+    return encode_frame(buffer.getvalue())
+
+
+def decode_response(api_key: int, version: int, frame: bytes) -> tuple[int, Any]:
+    """(correlation_id, response entity) of a response frame without its length prefix."""
+    from kio.serial import entity_reader
+
+    cls = response_class(api_key, version)
+    header, size = entity_reader(cls.__header_schema__)(frame, 0)
+    body, _ = entity_reader(cls)(frame, size)
+    return header.correlation_id, body
+
+
+class RawClient:
+    """A blocking socket speaking raw Kafka frames (for bad-input and ordering tests)."""
+
+    def __init__(self, port: int, *, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_frame(self) -> bytes | None:
+        """The next response frame body, or None if the server closed the connection."""
+        prefix = self._read_exactly(4)
+        if prefix is None:
+            return None
+        (size,) = struct.unpack(">i", prefix)
+        return self._read_exactly(size)
+
+    def is_closed_by_server(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def _read_exactly(self, size: int) -> bytes | None:
+        chunks, remaining = [], size
+        while remaining:
+            try:
+                chunk = self.sock.recv(remaining)
+            except ConnectionResetError:
+                return None
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -54,6 +54,16 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 16 * 1024 * 1024  # cache unit, as DESIGN.md: one GET per chunk however many readers
 MAX_FLUSHES_IN_FLIGHT = 3  # PUTs overlap; commits still leave in flush order
 BROKERS_TTL_S = 10.0
+SESSION_GAP_TIMEOUT_S = 30.0
+
+
+@dataclass(slots=True)
+class _Turn:
+    """Orders one pipelining caller's produce calls."""
+
+    next_seq: int
+    changed: asyncio.Condition
+    last_used: float = 0.0
 
 
 @dataclass(slots=True)
@@ -104,6 +114,7 @@ class AgentActor:
         self._brokers: list[BrokerInfo] = []
         self._brokers_at = -1e9
         self._stats = _Stats()
+        self._sessions: dict[str, _Turn] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -182,7 +193,14 @@ class AgentActor:
 
     # ---------------------------------------------------------------- write path
 
-    async def produce(self, entries: list[tuple[str, int, bytes]], acks: int = -1) -> list[BatchResult]:
+    async def produce(
+        self,
+        entries: list[tuple[str, int, bytes]],
+        acks: int = -1,
+        *,
+        session: str | None = None,
+        seq: int = 0,
+    ) -> list[BatchResult]:
         """Buffer batches until the next flush; answer with their base offsets.
 
         Args:
@@ -190,11 +208,57 @@ class AgentActor:
             acks: 0 answers at once with an empty list (fire and forget); 1 and -1 wait
                 for the durable metadata commit.
 
+            session / seq: a caller that pipelines calls numbers them 0, 1, 2, ... under
+                one session id; Ray does not run an async actor's calls in submission
+                order, so each call waits here until its predecessor is buffered.
+
         Returns:
             One BatchResult per entry, in order. Entries that fail validation carry
             RecordTooLarge or CorruptData without holding up the others.
         """
         self._ensure_loop_state()
+        if session is not None:
+            await self._wait_turn(session, seq)
+            try:
+                waiter = self._produce(entries, acks)
+            finally:
+                self._next_turn(session, seq)
+            return await waiter
+        return await self._produce(entries, acks)
+
+    async def _wait_turn(self, session: str, seq: int) -> None:
+        turn = self._sessions.get(session)
+        if turn is None:
+            turn = self._sessions[session] = _Turn(next_seq=0, changed=asyncio.Condition())
+        turn.last_used = self._clock.monotonic_s()
+        async with turn.changed:
+            try:
+                await asyncio.wait_for(
+                    turn.changed.wait_for(lambda: turn.next_seq >= seq), SESSION_GAP_TIMEOUT_S
+                )
+            except TimeoutError:
+                # The predecessor never arrived (its caller died mid-send): move on.
+                log.warning("session %s: call %d gave up waiting for %d", session, seq, turn.next_seq)
+
+    def _next_turn(self, session: str, seq: int) -> None:
+        turn = self._sessions.get(session)
+        if turn is None:
+            return
+        turn.next_seq = max(turn.next_seq, seq + 1)
+
+        async def notify() -> None:
+            async with turn.changed:
+                turn.changed.notify_all()
+
+        asyncio.get_running_loop().create_task(notify())
+        now = self._clock.monotonic_s()
+        if len(self._sessions) > 1000:
+            for key in [k for k, t in self._sessions.items() if now - t.last_used > 600]:
+                del self._sessions[key]
+
+    def _produce(self, entries: list[tuple[str, int, bytes]], acks: int) -> asyncio.Future[list[BatchResult]]:
+        """Validate and buffer now (synchronously, so buffer order is call order);
+        the returned future resolves after the flush."""
         results: list[BatchResult | None] = [None] * len(entries)
         valid: list[tuple[int, str, int, bytes, BatchHeader]] = []
         for i, (topic, partition, data) in enumerate(entries):
@@ -203,14 +267,17 @@ class AgentActor:
                 results[i] = BatchResult(base_offset=-1, error=error)
             else:
                 valid.append((i, topic, partition, bytes(data), error))
-        if not valid:
-            return [r for r in results if r is not None]
         loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[BatchResult]] = loop.create_future()
+        if not valid:
+            done.set_result([r for r in results if r is not None])
+            return done
         future: asyncio.Future[list[BatchResult]] | None = loop.create_future() if acks != 0 else None
         self._enqueue(_Pending(entries=valid, results=results, future=future))
         if future is None:
-            return []
-        return await future
+            done.set_result([])
+            return done
+        return future
 
     def _check_batch(self, data: bytes) -> BatchHeader | Exception:
         if len(data) > self.settings.max_record_bytes:

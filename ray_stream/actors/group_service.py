@@ -19,7 +19,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 
@@ -190,8 +189,7 @@ class GroupService:
         if task is not None and not task.done():
             task.cancel()
             if task.get_loop() is asyncio.get_running_loop():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait([task])  # unlike `await task`, our own cancel still propagates
         waiters, self._waiters = self._waiters, {}
         for fut, unavailable in waiters.values():
             if not fut.done():
@@ -247,6 +245,11 @@ class GroupService:
             except Exception:  # a bug in one tick must not stop session expiry for good
                 log.exception("group coordinator tick failed")
                 delay_s = self._tick_interval_s
+            # Sleep until the delay passes or a call moved a deadline. Not wait_for(): on
+            # 3.11 it can swallow a cancel that races with the event being set.
             wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), delay_s)
+            timer = asyncio.get_running_loop().call_later(delay_s, wake.set)
+            try:
+                await wake.wait()
+            finally:
+                timer.cancel()

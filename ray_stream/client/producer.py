@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,8 @@ class Producer:
         self._partitions: dict[str, int] = {}
         self._acc: dict[tuple[str, int], _Accumulator] = {}
         self._jobs: list[Any] = []
+        self._session = uuid.uuid4().hex
+        self._seq = 0
         self._lock = threading.Condition()
         self._unacked_bytes = 0
         self._inflight = 0
@@ -318,7 +321,9 @@ class Producer:
                 data = encode_batch(records, now_ms=now_ms, compression=self._compression)
                 batches.append(_Batch(topic, partition, data, records, futures, now_ms))
         total = sum(a.size for a in drained.values())
-        ref = self._agent.produce.remote([(b.topic, b.partition, b.data) for b in batches], -1)
+        ref = self._agent.produce.remote(
+            [(b.topic, b.partition, b.data) for b in batches], -1, **self._turn()
+        )
         ref.future().add_done_callback(lambda f: self._complete(f, batches, total))
 
     def _send_table(self, job: _TableJob) -> None:
@@ -328,7 +333,7 @@ class Producer:
             for recs, idx in _split(records, rows, self._max_record_bytes):
                 data = encode_batch(recs, now_ms=now_ms, compression=self._compression)
                 batches.append((partition, data, idx))
-        ref = self._agent.produce.remote([(job.topic, p, d) for p, d, _ in batches], -1)
+        ref = self._agent.produce.remote([(job.topic, p, d) for p, d, _ in batches], -1, **self._turn())
         ref.future().add_done_callback(lambda f: self._complete_table(f, job, batches))
 
     def _complete_table(
@@ -341,6 +346,7 @@ class Producer:
             try:
                 results = fut.result()
             except BaseException as exc:
+                self._new_session()
                 raise handles.unwrap(exc) from None
             partitions = np.zeros(job.rows, dtype=np.int32)
             offsets = np.zeros(job.rows, dtype=np.int64)
@@ -358,10 +364,22 @@ class Producer:
         finally:
             self._done(job.size)
 
+    def _new_session(self) -> None:
+        """After a failed call (e.g. the agent restarted), number calls afresh."""
+        with self._lock:
+            self._session, self._seq = uuid.uuid4().hex, 0
+
+    def _turn(self) -> dict[str, Any]:
+        """Number this producer's calls so the agent buffers them in send order."""
+        with self._lock:
+            seq, self._seq = self._seq, self._seq + 1
+            return {"session": self._session, "seq": seq}
+
     def _complete(self, fut: Future[list[BatchResult]], batches: list[_Batch], total: int) -> None:
         try:
             results = fut.result()
         except BaseException as exc:
+            self._new_session()
             err = handles.unwrap(exc)
             for b in batches:
                 _fail_futures(b.futures, err)

@@ -195,7 +195,8 @@ def test_group_member_id_required_then_rejoin_with_given_id():
 
 def test_group_pending_member_that_never_rejoins_expires():
     h = Harness(delay_ms=0)
-    first = h.join(require_known=True, session=1_000, now=0)
+    first = h.joined(h.join(require_known=True, session=1_000, now=0))
+    assert first.error == "MEMBER_ID_REQUIRED"
     assert h.tick(999) == []
     assert h.tick(1_000) == [(G, first.member_id)]
     again = h.join(first.member_id, now=1_001)
@@ -427,6 +428,19 @@ def test_group_member_that_never_syncs_is_removed_after_rebalance_timeout():
     assert h.tick(2_600) == [(G, a)]
     assert h.synced(follower).error == "REBALANCE_IN_PROGRESS"
     assert h.state() == PREPARING_REBALANCE
+
+
+def test_group_follower_released_from_sync_gets_a_fresh_session():
+    h = Harness()
+    outs = [h.join(client=c, rebalance=2_000, session=3_000) for c in ("a", "b")]
+    h.tick(300)
+    h.tick(600)
+    a, b = (h.joined(o).member_id for o in outs)
+    follower = h.sync(b, 1, now=700)  # session deadline 3700, but parked from here on
+    assert h.tick(2_600) == [(G, a)]  # the leader never synced
+    assert h.synced(follower).error == "REBALANCE_IN_PROGRESS"
+    assert h.tick(3_700) == []  # b's session restarted at 2600 when it was released
+    assert h.heartbeat(b, 1, now=3_710) == "REBALANCE_IN_PROGRESS"
 
 
 def test_group_delete_groups():

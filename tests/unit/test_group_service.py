@@ -15,7 +15,11 @@ RANGE = ("range", b"meta")
 
 
 def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(coro_fn(), timeout=10))
+    asyncio.run(asyncio.wait_for(coro_fn(), timeout=5))
+
+
+async def closed(svc: GroupService) -> None:
+    await asyncio.wait_for(svc.close(), 1)  # the ticker must stop promptly
 
 
 def join(
@@ -97,7 +101,7 @@ def test_group_service_concurrent_joiners_complete_together():
         assert desc.state == "Stable"
         assert {m.client_id for m in desc.members} == {"a", "b", "c"}
         del a, c
-        await svc.close()
+        await closed(svc)
 
     run(body)
 
@@ -117,7 +121,7 @@ def test_group_service_evicts_member_that_stops_heartbeating():
         assert rejoined.generation_id == gen + 1
         assert [m[0] for m in rejoined.members] == [alive.member_id]
         assert await heartbeat(svc, silent.member_id, gen) == "UNKNOWN_MEMBER_ID"
-        await svc.close()
+        await closed(svc)
 
     run(body)
 
@@ -133,7 +137,7 @@ def test_group_service_join_returns_at_rebalance_timeout_without_the_absent_memb
         assert newcomer.generation_id == old.generation_id + 1
         assert [m[0] for m in newcomer.members] == [newcomer.member_id]
         assert await heartbeat(svc, old.member_id, old.generation_id) == "UNKNOWN_MEMBER_ID"
-        await svc.close()
+        await closed(svc)
 
     run(body)
 
@@ -148,7 +152,7 @@ def test_group_service_is_driven_by_the_injected_clock():
         clock.advance(1.0)
         result = await asyncio.wait_for(task, 2)
         assert result.generation_id == 1
-        await svc.close()
+        await closed(svc)
 
     run(body)
 
@@ -170,7 +174,7 @@ def test_group_service_cancelled_joiner_does_not_block_others():
         again = await join(svc, staying.member_id)
         assert again.generation_id == 2
         assert again.members == ((staying.member_id, None, b"meta"),)
-        await svc.close()
+        await closed(svc)
 
     run(body)
 
@@ -180,7 +184,7 @@ def test_group_service_close_answers_parked_requests():
         svc = GroupService(initial_rebalance_delay_ms=5_000)
         task = asyncio.ensure_future(join(svc, session_ms=10_000, rebalance_ms=10_000))
         await asyncio.sleep(0.01)
-        await svc.close()
+        await closed(svc)
         result = await asyncio.wait_for(task, 1)
         assert result.error == "COORDINATOR_NOT_AVAILABLE"
 
@@ -208,6 +212,6 @@ def test_group_service_admin_calls_delegate_to_the_core():
         )
         assert (await svc.describe_groups([G]))[0].state == "Empty"
         assert await svc.delete_groups([G]) == [(G, None)]
-        await svc.close()
+        await closed(svc)
 
     run(body)

@@ -1,0 +1,96 @@
+"""The ray-stream CLI against a real `ray-stream start` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(env, *args, stdin=None, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "ray_stream.cli", *args],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    env = dict(os.environ, RAY_STREAM_STATE_DIR=str(tmp / "state"), RAY_ADDRESS="")
+    env.pop("RAY_ADDRESS")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_stream.cli", "start", "--data-dir", str(tmp / "data"),
+         "--kafka-port", "-1", "--linger-ms", "20", "--namespace", "cli-test"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+    )
+    deadline = time.monotonic() + 180
+    ready = None
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("ready"):
+            ready = line
+            break
+    assert ready is not None, "".join(lines)
+    yield env, proc, ready
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_start_prints_ready_with_addresses(started):
+    _, _, ready = started
+    assert "kafka=127.0.0.1:" in ready and "data_dir=" in ready
+
+
+def test_topics_produce_consume_round_trip(started):
+    env, _, _ = started
+    r = _cli(env, "topics", "create", "clitopic", "--partitions", "2")
+    assert r.returncode == 0, r.stderr.decode()
+    r = _cli(env, "produce", "clitopic", stdin=b"".join(f"line-{i}\n".encode() for i in range(50)))
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"produced 50 records" in r.stderr
+    r = _cli(env, "consume", "clitopic", "--from-beginning", "--max-records", "50", "--timeout", "5")
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(r.stdout.decode().split()) == sorted(f"line-{i}" for i in range(50))
+    r = _cli(env, "topics", "describe", "clitopic")
+    assert r.returncode == 0
+    out = r.stdout.decode()
+    assert "partitions=2" in out and out.count("high_watermark=") == 2
+    r = _cli(env, "topics", "list")
+    assert "clitopic" in r.stdout.decode()
+
+
+def test_cli_errors_say_what_to_do(started, tmp_path):
+    env, _, _ = started
+    r = _cli(env, "topics", "create", "bad name")
+    assert r.returncode == 2
+    assert b"error:" in r.stderr and b"topic" in r.stderr.lower()
+    r = _cli(env, "topics", "delete", "missing-topic")
+    assert r.returncode == 2 and b"missing-topic" in r.stderr
+    lonely = dict(env, RAY_STREAM_STATE_DIR=str(tmp_path / "nothing"))
+    r = _cli(lonely, "topics", "list")
+    assert r.returncode == 1
+    assert b"ray-stream start" in r.stderr
+
+
+def test_sigterm_stops_cleanly(started):
+    env, proc, _ = started
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert "stopped" in out
+    assert not (os.path.exists(os.path.join(env["RAY_STREAM_STATE_DIR"], "cluster.json")))
