@@ -139,7 +139,12 @@ class FakeBackend:
         max_bytes: int,
     ) -> list[FetchResult]:
         self.fetch_calls.append(
-            {"requests": requests, "max_wait_ms": max_wait_ms, "min_bytes": min_bytes, "max_bytes": max_bytes}
+            {
+                "requests": requests,
+                "max_wait_ms": max_wait_ms,
+                "min_bytes": min_bytes,
+                "max_bytes": max_bytes,
+            }
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait_ms / 1000
@@ -149,10 +154,15 @@ class FakeBackend:
             remaining = deadline - loop.time()
             if got >= min_bytes or remaining <= 0 or any(r.error for r in results):
                 return results
-            positions = [(t, p, max(o, r.high_watermark)) for (t, p, o, _), r in zip(requests, results)]
+            positions = [
+                (t, p, max(o, r.high_watermark))
+                for (t, p, o, _), r in zip(requests, results, strict=True)
+            ]
             await self.meta.wait_for_data(positions, remaining)
 
-    async def _fetch_once(self, requests: list[tuple[str, int, int, int]], max_bytes: int) -> list[FetchResult]:
+    async def _fetch_once(
+        self, requests: list[tuple[str, int, int, int]], max_bytes: int
+    ) -> list[FetchResult]:
         results, budget = [], max_bytes
         for topic, partition, offset, partition_max in requests:
             try:
@@ -169,7 +179,12 @@ class FakeBackend:
                 budget -= ref.length
             results.append(
                 FetchResult(
-                    topic, partition, None, located.high_watermark, located.log_start_offset, b"".join(chosen)
+                    topic,
+                    partition,
+                    None,
+                    located.high_watermark,
+                    located.log_start_offset,
+                    b"".join(chosen),
                 )
             )
         return results
@@ -185,7 +200,9 @@ class KafkaTestCluster:
         self.settings = settings
         self.agents = agents
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="kafka-test-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="kafka-test-loop", daemon=True
+        )
         self.backends: list[FakeBackend] = []
         self.servers: list[asyncio.AbstractServer] = []
         self.meta: Any = None
@@ -217,7 +234,9 @@ class KafkaTestCluster:
         segments: dict[str, bytes] = {}
         peers: list[BrokerInfo] = []
         for node_id in range(self.agents):
-            backend = FakeBackend(self.settings, self.meta, node_id=node_id, segments=segments, peers=peers)
+            backend = FakeBackend(
+                self.settings, self.meta, node_id=node_id, segments=segments, peers=peers
+            )
             server = await start_kafka_server(backend, host="127.0.0.1", port=0)
             port = server.sockets[0].getsockname()[1]
             backend.address = BrokerInfo(node_id=node_id, host="127.0.0.1", port=port)

@@ -28,6 +28,12 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from ray_stream.actors.group_service import (
+    GroupDescription,
+    GroupService,
+    JoinResult,
+    SyncResult,
+)
 from ray_stream.actors.metadata_store import MetadataStore
 from ray_stream.config import Settings
 from ray_stream.core.sequencer import Changes
@@ -60,6 +66,7 @@ class MetadataActor:
         self._committer: asyncio.Task[None] | None = None
         self._committing = False
         self._waiters: dict[tuple[str, int], asyncio.Event] = {}
+        self._groups = GroupService()
         self._stats = {
             "commit_rounds": 0,
             "commit_requests": 0,
@@ -289,6 +296,55 @@ class MetadataActor:
             await self._write(changes)
             return ids
 
+    # ------------------------------------------------------ group membership
+    # Membership lives in memory (clients rejoin after a metadata restart); committed
+    # offsets are durable above. Each method delegates to GroupService with the same
+    # signature, so any agent can coordinate any group.
+    async def join_group(self, group_id: str, **kwargs: Any) -> JoinResult:
+        return await self._groups.join_group(group_id, **kwargs)
+
+    async def sync_group(self, group_id: str, **kwargs: Any) -> SyncResult:
+        return await self._groups.sync_group(group_id, **kwargs)
+
+    async def heartbeat(self, group_id: str, **kwargs: Any) -> str | None:
+        return await self._groups.heartbeat(group_id, **kwargs)
+
+    async def leave_group(
+        self, group_id: str, members: list[tuple[str, str | None]]
+    ) -> tuple[str | None, list[tuple[str, str | None, str | None]]]:
+        return await self._groups.leave_group(group_id, members)
+
+    async def list_groups(self, states: list[str] | None = None) -> list[tuple[str, str, str]]:
+        """Groups with members, plus groups known only by committed offsets (state Empty)."""
+        listed = await self._groups.list_groups(states)
+        known = {g for g, _, _ in listed}
+        if states is None or "Empty" in states:
+            listed += [(g, "consumer", "Empty") for g in self._seq.group_ids() if g not in known]
+        return listed
+
+    async def describe_groups(self, group_ids: list[str]) -> list[GroupDescription]:
+        return await self._groups.describe_groups(group_ids)
+
+    async def delete_groups(self, group_ids: list[str]) -> list[tuple[str, str | None]]:
+        """Delete empty groups and their committed offsets."""
+        answers = await self._groups.delete_groups(group_ids)
+        with_offsets = set(self._seq.group_ids())
+        out: list[tuple[str, str | None]] = []
+        for group_id, error in answers:
+            if error == "GROUP_ID_NOT_FOUND" and group_id in with_offsets:
+                error = None  # known only by its offsets (e.g. after a restart)
+            if error is None:
+                await self.delete_group_offsets(group_id)
+            out.append((group_id, error))
+        return out
+
+    async def validate_offset_commit(
+        self, group_id: str, *, generation_id: int, member_id: str
+    ) -> str | None:
+        return await self._groups.validate_offset_commit(
+            group_id, generation_id=generation_id, member_id=member_id
+        )
+
     # ------------------------------------------------------------------ admin
     async def ping(self) -> dict[str, Any]:
         """Liveness plus state counts (topics, partitions, batches, segments, ...)."""
@@ -307,6 +363,7 @@ class MetadataActor:
 
         Later writes raise StorageUnavailable; reads keep answering from memory.
         """
+        await self._groups.close()
         async with self._write_lock:
             await asyncio.to_thread(self._store.close)
 

@@ -29,7 +29,7 @@ from ray_stream.errors import (
     Unavailable,
     UnknownTopicOrPartition,
 )
-from ray_stream.kafka.records import Record, encode_batch
+from ray_stream.kafka.records import Record, encode_batch, encode_columns
 
 RECORD_OVERHEAD = 70  # record framing + batch header share, for size checks
 
@@ -54,7 +54,8 @@ class _Accumulator:
 @dataclass(slots=True)
 class _TableJob:
     topic: str
-    groups: dict[int, tuple[list[Record], list[int]]]
+    cols: Any  # client.table.TableColumns
+    groups: dict[int, Any]  # partition -> numpy row indices
     rows: int
     size: int
     future: Future[Any]
@@ -160,34 +161,33 @@ class Producer:
 
         The table needs a ``value`` column (binary or string) and may have ``key``,
         ``timestamp`` (int64 ms or timestamp), ``partition`` and ``headers``
-        (list<struct<key: string, value: binary>>) columns. Rows are encoded straight
+        (list<struct<key: string, value: binary>>) columns. Rows with a key go where
+        murmur2 puts them; rows without one go to ``partition`` or, in runs of
+        ``batch_bytes``, round robin over the partitions. Rows are encoded straight
         into batches (no per-row future), after anything ``send`` queued before.
 
         Raises:
             InvalidRequest: a required column is missing or has the wrong type.
             RecordTooLarge: a row is over the cluster's max_record_bytes.
+            UnknownTopicOrPartition: no such topic or partition.
         """
-        from ray_stream.client.table import rows_from_table
+        import numpy as np
 
-        rows = rows_from_table(table)
-        grouped: dict[int, tuple[list[Record], list[int]]] = {}
-        total = 0
-        for row_index, (record, row_partition) in enumerate(rows):
-            size = _record_size(record)
-            if size > self._max_record_bytes:
-                raise RecordTooLarge(
-                    f"row {row_index} of about {size} bytes is over "
-                    f"max_record_bytes={self._max_record_bytes}"
-                )
-            p = self._choose_partition(
-                topic, record.key, row_partition if row_partition is not None else partition
+        from ray_stream.client.table import columns_from_table
+
+        cols = columns_from_table(table, record_overhead=RECORD_OVERHEAD)
+        rows = len(cols.values)
+        if rows and int(cols.sizes.max()) > self._max_record_bytes:
+            bad = int(np.argmax(cols.sizes))
+            raise RecordTooLarge(
+                f"row {bad} of about {int(cols.sizes[bad])} bytes is over "
+                f"max_record_bytes={self._max_record_bytes}"
             )
-            recs, idx = grouped.setdefault(p, ([], []))
-            recs.append(record)
-            idx.append(row_index)
-            total += size
+        assigned = self._assign_rows(topic, cols, partition)
+        groups = {int(p): np.flatnonzero(assigned == p) for p in np.unique(assigned)}
+        total = int(cols.sizes.sum()) if rows else 0
         out: Future[Any] = Future()
-        job = _TableJob(topic=topic, groups=grouped, rows=len(rows), size=total, future=out)
+        job = _TableJob(topic=topic, cols=cols, groups=groups, rows=rows, size=total, future=out)
         with self._lock:
             if self._closed:
                 raise InvalidRequest("producer is closed")
@@ -200,6 +200,29 @@ class Producer:
             self._unacked_bytes += total
             self._ready_at = time.monotonic()
             self._lock.notify_all()
+        return out
+
+    def _assign_rows(self, topic: str, cols: Any, partition: int | None) -> Any:
+        """The partition of every row (numpy int32 array)."""
+        import numpy as np
+
+        count = self._partition_count(topic)
+        rows = len(cols.values)
+        if partition is not None:
+            self._choose_partition(topic, None, partition)  # validates
+        if cols.partitions is None and cols.keys is None:
+            if partition is not None:
+                return np.full(rows, partition, np.int32)
+            # Runs of about batch_bytes per partition, round robin (sticky partitioning).
+            start = self._round_robin.get(topic, 0)
+            runs = np.cumsum(cols.sizes) // max(1, self._batch_bytes) if rows else np.zeros(0, np.int64)
+            self._round_robin[topic] = start + (int(runs[-1]) + 1 if rows else 0)
+            return ((runs + start) % count).astype(np.int32)
+        out = np.empty(rows, np.int32)
+        for i in range(rows):
+            explicit = cols.partitions[i] if cols.partitions is not None else None
+            key = cols.keys[i] if cols.keys is not None else None
+            out[i] = self._choose_partition(topic, key, explicit if explicit is not None else partition)
         return out
 
     def flush(self, timeout: float | None = None) -> None:
@@ -328,16 +351,25 @@ class Producer:
 
     def _send_table(self, job: _TableJob) -> None:
         now_ms = int(time.time() * 1000)
-        batches: list[tuple[int, bytes, list[int]]] = []
-        for partition, (records, rows) in job.groups.items():
-            for recs, idx in _split(records, rows, self._max_record_bytes):
-                data = encode_batch(recs, now_ms=now_ms, compression=self._compression)
-                batches.append((partition, data, idx))
+        cols = job.cols
+        batches: list[tuple[int, bytes, Any]] = []
+        for partition, idx in job.groups.items():
+            for piece in _split_rows(idx, cols.sizes, self._max_record_bytes):
+                rows = piece.tolist()
+                data = encode_columns(
+                    [cols.values[i] for i in rows],
+                    keys=None if cols.keys is None else [cols.keys[i] for i in rows],
+                    timestamps=None if cols.timestamps is None else [cols.timestamps[i] for i in rows],
+                    headers=None if cols.headers is None else [cols.headers[i] for i in rows],
+                    now_ms=now_ms,
+                    compression=self._compression,
+                )
+                batches.append((partition, data, piece))
         ref = self._agent.produce.remote([(job.topic, p, d) for p, d, _ in batches], -1, **self._turn())
         ref.future().add_done_callback(lambda f: self._complete_table(f, job, batches))
 
     def _complete_table(
-        self, fut: Future[list[BatchResult]], job: _TableJob, batches: list[tuple[int, bytes, list[int]]]
+        self, fut: Future[list[BatchResult]], job: _TableJob, batches: list[tuple[int, bytes, Any]]
     ) -> None:
         import numpy as np
         import pyarrow as pa
@@ -353,7 +385,7 @@ class Producer:
             for (partition, _, idx), result in zip(batches, results, strict=True):
                 if result.error is not None:
                     raise result.error
-                rows = np.asarray(idx, dtype=np.int64)
+                rows = idx
                 partitions[rows] = partition
                 offsets[rows] = result.base_offset + np.arange(len(rows), dtype=np.int64)
             job.future.set_result(
@@ -422,6 +454,25 @@ def _split(records: list[Record], tags: list[Any], max_bytes: int) -> list[tuple
         size += rsize
     out.append((records[start:], tags[start:]))
     return out
+
+
+def _split_rows(idx: Any, sizes: Any, max_bytes: int) -> list[Any]:
+    """Cut a partition's row indices into runs whose sizes stay under ``max_bytes``."""
+    import numpy as np
+
+    if len(idx) == 0:
+        return []
+    cumulative = np.cumsum(sizes[idx])
+    pieces = []
+    start = 0
+    base = 0
+    while start < len(idx):
+        end = int(np.searchsorted(cumulative, base + max_bytes - 61, side="right"))
+        end = max(end, start + 1)
+        pieces.append(idx[start:end])
+        base = int(cumulative[end - 1])
+        start = end
+    return pieces
 
 
 def _fail_futures(futures: list[Future[RecordMetadata] | None], err: BaseException) -> None:

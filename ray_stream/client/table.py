@@ -6,13 +6,14 @@ value binary, headers list<struct<key: string, value: binary>>.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from ray_stream.actors import handles
 from ray_stream.errors import InvalidRequest, UnknownTopicOrPartition
-from ray_stream.kafka.records import Record, decode_batch, split_batches
+from ray_stream.kafka.records import decode_batch, split_batches
 
 HEADER_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())]))
 SCHEMA = pa.schema(
@@ -108,32 +109,66 @@ def read_dataset(cluster: Any, topic: str, *, partitions: list[int] | None) -> A
     return dataset_from_partitions(cluster.settings.namespace, cluster.settings.agents, topic, ranges)
 
 
-def rows_from_table(table: Any) -> list[tuple[Record, int | None]]:
-    """Arrow rows as Records (with an optional per-row partition) for the producer."""
+@dataclass(frozen=True, slots=True)
+class TableColumns:
+    """An Arrow table's rows as column lists, ready for ``encode_columns``."""
+
+    values: list[bytes | None]
+    keys: list[bytes | None] | None
+    timestamps: list[int | None] | None
+    headers: list[list[tuple[str, bytes | None]] | None] | None
+    partitions: list[int | None] | None
+    sizes: Any  # numpy int64 array: approximate encoded size of each row
+
+
+def columns_from_table(table: Any, *, record_overhead: int) -> TableColumns:
+    """Validate an Arrow table for ``send_batch`` and take its columns apart."""
+    import numpy as np
+    import pyarrow.compute as pc
+
     if not isinstance(table, pa.Table | pa.RecordBatch):
         raise InvalidRequest(f"send_batch needs a pyarrow Table, got {type(table).__name__}")
     names = set(table.schema.names)
     if "value" not in names:
         raise InvalidRequest("send_batch: the table needs a 'value' column (binary or string)")
-    values = _binary_column(table, "value")
-    keys = _binary_column(table, "key") if "key" in names else [None] * table.num_rows
-    timestamps = _timestamp_column(table) if "timestamp" in names else [None] * table.num_rows
-    parts = table.column("partition").to_pylist() if "partition" in names else [None] * table.num_rows
-    headers = table.column("headers").to_pylist() if "headers" in names else None
-    rows = []
-    for i in range(table.num_rows):
-        hdrs = tuple((h["key"], h["value"]) for h in headers[i]) if headers and headers[i] else ()
-        rows.append((Record(value=values[i], key=keys[i], timestamp_ms=timestamps[i], headers=hdrs), parts[i]))
-    return rows
+    value_col = _binary(table, "value")
+    key_col = _binary(table, "key") if "key" in names else None
+    sizes = _lengths(value_col, pc, np) + record_overhead
+    if key_col is not None:
+        sizes += _lengths(key_col, pc, np)
+    headers = None
+    if "headers" in names:
+        headers = [
+            [(h["key"], h["value"]) for h in row] if row else None
+            for row in table.column("headers").to_pylist()
+        ]
+        sizes += np.array([sum(len(k) + len(v or b"") + 4 for k, v in h or ()) for h in headers], np.int64)
+    partitions = None
+    if "partition" in names:
+        if not pa.types.is_integer(table.column("partition").type):
+            raise InvalidRequest("send_batch: column 'partition' must be an integer column")
+        partitions = table.column("partition").to_pylist()
+    return TableColumns(
+        values=value_col.to_pylist(),
+        keys=key_col.to_pylist() if key_col is not None else None,
+        timestamps=_timestamp_column(table) if "timestamp" in names else None,
+        headers=headers,
+        partitions=partitions,
+        sizes=sizes,
+    )
 
 
-def _binary_column(table: Any, name: str) -> list[bytes | None]:
+def _lengths(col: Any, pc: Any, np: Any) -> Any:
+    return np.asarray(pc.fill_null(pc.binary_length(col), 0).to_numpy(zero_copy_only=False), np.int64)
+
+
+def _binary(table: Any, name: str) -> Any:
     col = table.column(name)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        col = col.cast(pa.binary())
-    elif not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+        return col.cast(pa.binary())
+    if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
         raise InvalidRequest(f"send_batch: column {name!r} must be binary or string, not {col.type}")
-    return col.to_pylist()
+    return col
 
 
 def _timestamp_column(table: Any) -> list[int | None]:

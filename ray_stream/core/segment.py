@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import struct
+
 import pyarrow as pa
 
 from ray_stream.errors import CorruptData, InternalError, InvalidRequest, RecordTooLarge
@@ -113,10 +115,10 @@ def build_segment(batches: Sequence[SegmentBatch]) -> tuple[bytes, list[tuple[in
     sorted_positions = _payload_positions(file_buffer, len(rows))
     data = file_buffer.to_pybytes()
     positions: list[tuple[int, int]] = [(0, 0)] * len(batches)
-    view = memoryview(data)
     for row, index, position in zip(rows, order, sorted_positions, strict=True):
         length = len(row.payload)
-        if view[position : position + length] != row.payload:
+        # bytes slices compare with memcmp; a memoryview compare is ~10x slower
+        if data[position : position + length] != row.payload:
             raise InternalError(
                 f"segment payload of {row.topic}[{row.partition}] (input {index}) "
                 f"is not at bytes {position}..{position + length} of the written file"
@@ -139,6 +141,9 @@ def _to_record_batch(rows: Sequence[SegmentBatch]) -> pa.RecordBatch:
     }
     arrays = []
     for field in SCHEMA:
+        if field.name == "payload":
+            arrays.append(_binary_array(columns["payload"]))
+            continue
         try:
             arrays.append(pa.array(columns[field.name], type=field.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
@@ -146,6 +151,18 @@ def _to_record_batch(rows: Sequence[SegmentBatch]) -> pa.RecordBatch:
                 f"segment column {field.name!r} ({field.type}) rejects a value: {exc}"
             ) from exc
     return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+def _binary_array(payloads: list[bytes]) -> pa.Array:
+    """A binary array over one joined buffer: one memcpy, not a per-value append."""
+    offsets = [0]
+    for payload in payloads:
+        offsets.append(offsets[-1] + len(payload))
+    return pa.Array.from_buffers(
+        pa.binary(),
+        len(payloads),
+        [None, pa.py_buffer(struct.pack(f"<{len(offsets)}i", *offsets)), pa.py_buffer(b"".join(payloads))],
+    )
 
 
 def _payload_positions(file_buffer: pa.Buffer, row_count: int) -> list[int]:

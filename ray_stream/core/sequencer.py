@@ -268,6 +268,10 @@ class Sequencer:
         """Segment keys named by at least one batch ref (anything else is an orphan)."""
         return frozenset(self._segments)
 
+    def group_ids(self) -> list[str]:
+        """Groups that have committed offsets."""
+        return sorted(self._groups)
+
     def counts(self) -> dict[str, int]:
         return {
             "topics": len(self._topics),

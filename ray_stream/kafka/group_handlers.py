@@ -71,7 +71,10 @@ class GroupHandlers:
         key_type = getattr(body, "key_type", KEY_TYPE_GROUP)
         code, message = ErrorCode.none, None
         if key_type != KEY_TYPE_GROUP:  # transactions and share groups are not served
-            code, message = ErrorCode.invalid_request, f"coordinator key type {key_type} is not served"
+            code, message = (
+                ErrorCode.invalid_request,
+                f"coordinator key type {key_type} is not served",
+            )
         entry = {
             "node_id": me.node_id if code == ErrorCode.none else -1,
             "host": me.host if code == ErrorCode.none else "",
@@ -227,14 +230,16 @@ class GroupHandlers:
 
     async def _group_offsets(self, group_id: str, topics: Any) -> dict[str, Any]:
         wanted = (
-            None
-            if topics is None
-            else [(t.name, p) for t in topics for p in t.partition_indexes]
+            None if topics is None else [(t.name, p) for t in topics for p in t.partition_indexes]
         )
         try:
             committed = await self._meta.fetch_offsets(group_id, wanted)
         except Exception as exc:
-            return {"group_id": group_id, "topics": [], "error_code": _service_error(exc, "offset_fetch")}
+            return {
+                "group_id": group_id,
+                "topics": [],
+                "error_code": _service_error(exc, "offset_fetch"),
+            }
         keys = wanted if wanted is not None else sorted(committed)
         by_topic: dict[str, list[dict[str, Any]]] = {}
         for name, partition in keys:

@@ -57,7 +57,9 @@ class KafkaBackend(Protocol):
 
     async def brokers(self) -> list[BrokerInfo]: ...
 
-    async def produce(self, entries: list[tuple[str, int, bytes]], acks: int) -> list[BatchResult]: ...
+    async def produce(
+        self, entries: list[tuple[str, int, bytes]], acks: int
+    ) -> list[BatchResult]: ...
 
     async def fetch(
         self,
@@ -260,7 +262,9 @@ class KafkaHandlers:
             for part in topic.partitions:
                 layout[-1][2].append(part.partition)
                 if name is not None:
-                    wanted.append((name, part.partition, part.fetch_offset, part.partition_max_bytes))
+                    wanted.append(
+                        (name, part.partition, part.fetch_offset, part.partition_max_bytes)
+                    )
         results = iter(await self._backend_fetch(wanted, body))
         responses = []
         for key, name, partitions in layout:
@@ -277,7 +281,9 @@ class KafkaHandlers:
             responses.append({("topic_id" if by_id else "topic"): key, "partitions": parts})
         return {"error_code": 0, "session_id": 0, "responses": responses, "node_endpoints": []}
 
-    async def _backend_fetch(self, wanted: list[tuple[str, int, int, int]], body: Any) -> list[FetchResult]:
+    async def _backend_fetch(
+        self, wanted: list[tuple[str, int, int, int]], body: Any
+    ) -> list[FetchResult]:
         if not wanted:
             return []
         try:
@@ -298,10 +304,16 @@ class KafkaHandlers:
             parts = []
             for part in topic.partitions:
                 try:
-                    offset, timestamp = await self._list_offset(topic.name, part.partition_index, part.timestamp)
+                    offset, timestamp = await self._list_offset(
+                        topic.name, part.partition_index, part.timestamp
+                    )
                     code = ErrorCode.none
                 except Exception as exc:
-                    offset, timestamp, code = -1, -1, error_code(note_unexpected(exc, "list_offset"))
+                    offset, timestamp, code = (
+                        -1,
+                        -1,
+                        error_code(note_unexpected(exc, "list_offset")),
+                    )
                 parts.append(
                     {
                         "partition_index": part.partition_index,

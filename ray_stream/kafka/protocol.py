@@ -40,7 +40,7 @@ from kio.serial.errors import SerialError
 from kio.static.constants import EntityType
 
 from ray_stream.errors import CorruptData, InternalError, InvalidRequest
-from ray_stream.kafka.framing import encode_frame
+from ray_stream.kafka.framing import LENGTH_PREFIX_BYTES
 from ray_stream.kafka.versions import API_NAMES, SUPPORTED_VERSIONS, ApiKey, is_supported
 
 __all__ = [
@@ -138,10 +138,13 @@ def parse_request(frame: bytes) -> Request:
 def encode_response(request: Request, body: Any) -> bytes:
     """Length prefix + the response header the body's schema names + ``body``."""
     buffer = io.BytesIO()
+    buffer.write(bytes(LENGTH_PREFIX_BYTES))  # patched below: saves copying the body again
     header_cls = type(body).__header_schema__
     entity_writer(header_cls)(buffer, header_cls(correlation_id=request.correlation_id))
     entity_writer(type(body))(buffer, body)
-    return encode_frame(buffer.getvalue())
+    size = buffer.tell() - LENGTH_PREFIX_BYTES
+    buffer.getbuffer()[:LENGTH_PREFIX_BYTES] = size.to_bytes(LENGTH_PREFIX_BYTES, "big")
+    return buffer.getvalue()
 
 
 def api_versions_fallback(request: Request) -> bytes:
@@ -177,8 +180,17 @@ class _FieldPlan:
     nullable: bool
 
 
-@cache
+_PLANS: dict[type[Any], tuple[_FieldPlan, ...]] = {}
+
+
 def _plan(cls: type[Any]) -> tuple[_FieldPlan, ...]:
+    cached = _PLANS.get(cls)
+    if cached is None:
+        cached = _PLANS[cls] = _make_plan(cls)
+    return cached
+
+
+def _make_plan(cls: type[Any]) -> tuple[_FieldPlan, ...]:
     hints = get_type_hints(cls)
     plans = []
     for field in dataclasses.fields(cls):
@@ -226,7 +238,7 @@ def _convert(plan: _FieldPlan, value: Any) -> Any:
     if value is None:
         if plan.nullable:
             return None
-        return () if plan.is_array else _NON_NULL_EMPTY.get(plan.kafka_type)
+        return () if plan.is_array else _NON_NULL_EMPTY.get(plan.kafka_type or "")
     if plan.is_array:
         if plan.nested is not None:
             return tuple(build(plan.nested, v) if isinstance(v, Mapping) else v for v in value)

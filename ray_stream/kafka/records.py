@@ -343,6 +343,53 @@ def encode_batch(
     return bytes(builder.build())
 
 
+def encode_columns(
+    values: Sequence[bytes | None],
+    *,
+    keys: Sequence[bytes | None] | None = None,
+    timestamps: Sequence[int | None] | None = None,
+    headers: Sequence[Sequence[tuple[str, bytes | None]] | None] | None = None,
+    now_ms: int,
+    compression: str | None = None,
+) -> bytes:
+    """``encode_batch`` for column lists (the Arrow path): no Record object per row.
+
+    Raises:
+        InvalidRequest: no rows, a value of the wrong type, an unknown compression.
+        RecordTooLarge: the batch would exceed 2 GiB.
+    """
+    if not values:
+        raise InvalidRequest("encode_columns needs at least one row")
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=_compression_code(compression),
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=_MAX_BATCH_BYTES,
+    )
+    append = builder.append
+    no_headers: list[tuple[str, bytes | None]] = []
+    try:
+        for index, value in enumerate(values):
+            key = keys[index] if keys is not None else None
+            ts = timestamps[index] if timestamps is not None else None
+            hdrs = headers[index] if headers is not None else None
+            written = append(
+                index,
+                now_ms if ts is None else ts,
+                key,
+                value,
+                list(hdrs) if hdrs else no_headers,
+            )
+            if written is None:
+                raise RecordTooLarge(f"row {index} would make the batch larger than 2 GiB")
+    except (TypeError, OverflowError, UnicodeEncodeError) as exc:
+        raise InvalidRequest(f"row cannot be encoded: {exc}") from exc
+    return bytes(builder.build())
+
+
 def decode_batch(batch: bytes | memoryview) -> list[DecodedRecord]:
     """Decode one RecordBatch v2 (any supported compression) after checking its CRC.
 

@@ -46,7 +46,7 @@ def test_framing_any_split_of_the_stream_gives_the_same_frames(bodies, cuts):
     decoder = FrameDecoder(64)
     frames: list[bytes] = []
     previous = 0
-    for cut in sorted({min(c, len(wire)) for c in cuts}) + [len(wire)]:
+    for cut in [*sorted({min(c, len(wire)) for c in cuts}), len(wire)]:
         decoder.receive_data(wire[previous:cut])
         frames += _drain(decoder)
         previous = cut

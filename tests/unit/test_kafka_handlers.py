@@ -36,8 +36,8 @@ def settings(tmp_path) -> Settings:
 class Agent:
     """One FakeBackend (optionally with peers) plus its handlers, inside a running loop."""
 
-    def __init__(self, settings: Settings, *, brokers: int = 1, **overrides: Any) -> None:
-        meta = make_meta(settings.with_overrides(**overrides) if overrides else settings)
+    def __init__(self, settings: Settings, *, brokers: int = 1) -> None:
+        meta = make_meta(settings)
         self.backend = FakeBackend(settings, meta, node_id=0)
         self.backend.address = BrokerInfo(0, "127.0.0.1", 9092)
         self.backend.peers = [BrokerInfo(i, "127.0.0.1", 9092 + i) for i in range(1, brokers)]
@@ -50,11 +50,15 @@ class Agent:
         response = await self.handlers.handle(request, client_host="/127.0.0.1")
         if response is None:
             return None
-        correlation_id, decoded = decode_response(api_key, version, encode_response(request, response)[4:])
+        correlation_id, decoded = decode_response(
+            api_key, version, encode_response(request, response)[4:]
+        )
         assert correlation_id == 11
         return decoded
 
-    async def produce(self, topic: str, partition: int, records: bytes, *, version: int = 9, acks: int = -1) -> Any:
+    async def produce(
+        self, topic: str, partition: int, records: bytes, *, version: int = 9, acks: int = -1
+    ) -> Any:
         response = await self.call(
             ApiKey.PRODUCE,
             version,
@@ -62,17 +66,32 @@ class Agent:
                 "transactional_id": None,
                 "acks": acks,
                 "timeout": 5000,
-                "topic_data": [{"name": topic, "partition_data": [{"index": partition, "records": records}]}],
+                "topic_data": [
+                    {"name": topic, "partition_data": [{"index": partition, "records": records}]}
+                ],
             },
         )
         return None if response is None else response.responses[0].partition_responses[0]
 
-    async def fetch(self, topic: str, partition: int, offset: int, *, version: int = 11, max_wait_ms: int = 0, min_bytes: int = 1) -> Any:
-        response = await self.call(ApiKey.FETCH, version, _fetch_request(topic, partition, offset, max_wait_ms, min_bytes))
+    async def fetch(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        *,
+        version: int = 11,
+        max_wait_ms: int = 0,
+        min_bytes: int = 1,
+    ) -> Any:
+        response = await self.call(
+            ApiKey.FETCH, version, _fetch_request(topic, partition, offset, max_wait_ms, min_bytes)
+        )
         return response.responses[0].partitions[0]
 
 
-def _fetch_request(topic: Any, partition: int, offset: int, max_wait_ms: int, min_bytes: int) -> dict[str, Any]:
+def _fetch_request(
+    topic: Any, partition: int, offset: int, max_wait_ms: int, min_bytes: int
+) -> dict[str, Any]:
     return {
         "replica_id": -1,
         "max_wait": max_wait_ms,
@@ -125,12 +144,15 @@ def metadata_request(*names: str, version: int = 12, auto: bool = True) -> dict[
 # ----------------------------------------------------------------------- ApiVersions
 def test_handlers_api_versions_lists_every_served_range(settings):
     async def scenario(agent: Agent) -> Any:
-        return await agent.call(ApiKey.API_VERSIONS, 3, {"client_software_name": "x", "client_software_version": "1"})
+        return await agent.call(
+            ApiKey.API_VERSIONS, 3, {"client_software_name": "x", "client_software_version": "1"}
+        )
 
     response = run(settings, scenario)
     assert response.error_code == ErrorCode.none
     served = {k.api_key: (k.min_version, k.max_version) for k in response.api_keys}
-    assert served[ApiKey.FETCH] == (4, 17) and served[ApiKey.PRODUCE] == (3, 11)
+    assert served[ApiKey.FETCH] == (4, 17)
+    assert served[ApiKey.PRODUCE] == (3, 11)
 
 
 # -------------------------------------------------------------------------- Metadata
@@ -256,19 +278,42 @@ def test_handlers_produce_sends_all_partitions_in_one_backend_call(settings):
                 "acks": 1,
                 "timeout": 1000,
                 "topic_data": [
-                    {"name": "t", "partition_data": [{"index": 0, "records": batch(b"1")},
-                                                     {"index": 1, "records": batch(b"2")}]},
-                    {"name": "u", "partition_data": [{"index": 0, "records": batch(b"3")},
-                                                     {"index": 5, "records": batch(b"4")}]},
+                    {
+                        "name": "t",
+                        "partition_data": [
+                            {"index": 0, "records": batch(b"1")},
+                            {"index": 1, "records": batch(b"2")},
+                        ],
+                    },
+                    {
+                        "name": "u",
+                        "partition_data": [
+                            {"index": 0, "records": batch(b"3")},
+                            {"index": 5, "records": batch(b"4")},
+                        ],
+                    },
                 ],
             },
         )
         return response, agent.backend.produce_calls
 
     response, calls = run(settings, scenario)
-    assert len(calls) == 1 and [(t, p) for t, p, _ in calls[0][0]] == [("t", 0), ("t", 1), ("u", 0), ("u", 5)]
-    codes = {(t.name, p.index): p.error_code for t in response.responses for p in t.partition_responses}
-    assert codes == {("t", 0): 0, ("t", 1): 0, ("u", 0): 0, ("u", 5): ErrorCode.unknown_topic_or_partition}
+    assert len(calls) == 1
+    assert [(t, p) for t, p, _ in calls[0][0]] == [
+        ("t", 0),
+        ("t", 1),
+        ("u", 0),
+        ("u", 5),
+    ]
+    codes = {
+        (t.name, p.index): p.error_code for t in response.responses for p in t.partition_responses
+    }
+    assert codes == {
+        ("t", 0): 0,
+        ("t", 1): 0,
+        ("u", 0): 0,
+        ("u", 5): ErrorCode.unknown_topic_or_partition,
+    }
 
 
 def test_handlers_produce_acks_zero_has_no_response_but_is_written(settings):
@@ -285,16 +330,31 @@ def test_handlers_produce_acks_zero_has_no_response_but_is_written(settings):
 def test_handlers_produce_idempotent_retry_is_acknowledged_once(settings):
     async def scenario(agent: Agent) -> Any:
         await agent.meta.create_topic("t", 1)
-        init = await agent.call(ApiKey.INIT_PRODUCER_ID, 4, {"transactional_id": None, "transaction_timeout": 60000,
-                                                             "producer_id": -1, "producer_epoch": -1})
+        init = await agent.call(
+            ApiKey.INIT_PRODUCER_ID,
+            4,
+            {
+                "transactional_id": None,
+                "transaction_timeout": 60000,
+                "producer_id": -1,
+                "producer_epoch": -1,
+            },
+        )
         pid, epoch = init.producer_id, init.producer_epoch
-        first = await agent.produce("t", 0, batch(b"a", producer_id=pid, producer_epoch=epoch, base_sequence=0))
-        again = await agent.produce("t", 0, batch(b"a", producer_id=pid, producer_epoch=epoch, base_sequence=0))
-        gap = await agent.produce("t", 0, batch(b"c", producer_id=pid, producer_epoch=epoch, base_sequence=5))
+        first = await agent.produce(
+            "t", 0, batch(b"a", producer_id=pid, producer_epoch=epoch, base_sequence=0)
+        )
+        again = await agent.produce(
+            "t", 0, batch(b"a", producer_id=pid, producer_epoch=epoch, base_sequence=0)
+        )
+        gap = await agent.produce(
+            "t", 0, batch(b"c", producer_id=pid, producer_epoch=epoch, base_sequence=5)
+        )
         return init, first, again, gap, await agent.meta.list_offset("t", 0, -1)
 
     init, first, again, gap, (latest, _) = run(settings, scenario)
-    assert init.error_code == ErrorCode.none and init.producer_id >= 0
+    assert init.error_code == ErrorCode.none
+    assert init.producer_id >= 0
     assert first.base_offset == again.base_offset == 0
     assert again.error_code == ErrorCode.none
     assert gap.error_code == ErrorCode.out_of_order_sequence_number
@@ -335,7 +395,12 @@ def test_handlers_fetch_passes_wait_and_sizes_to_the_backend(settings):
         return agent.backend.fetch_calls[-1]
 
     call = run(settings, scenario)
-    assert call == {"requests": [("t", 0, 0, 1 << 20)], "max_wait_ms": 20, "min_bytes": 7, "max_bytes": 1 << 20}
+    assert call == {
+        "requests": [("t", 0, 0, 1 << 20)],
+        "max_wait_ms": 20,
+        "min_bytes": 7,
+        "max_bytes": 1 << 20,
+    }
 
 
 def test_handlers_fetch_long_poll_is_woken_by_a_commit(settings):
@@ -350,7 +415,8 @@ def test_handlers_fetch_long_poll_is_woken_by_a_commit(settings):
         return result, loop.time() - started
 
     result, elapsed = run(settings, scenario)
-    assert result.high_watermark == 1 and result.records
+    assert result.high_watermark == 1
+    assert result.records
     assert elapsed < 5  # answered by the commit, long before max_wait
 
 
@@ -358,7 +424,9 @@ def test_handlers_fetch_v13_addresses_topics_by_id(settings):
     async def scenario(agent: Agent) -> Any:
         info = await agent.meta.create_topic("t", 1)
         await agent.produce("t", 0, batch(b"id"))
-        known = await agent.call(ApiKey.FETCH, 16, _fetch_request(uuid.UUID(hex=info.topic_id), 0, 0, 0, 1))
+        known = await agent.call(
+            ApiKey.FETCH, 16, _fetch_request(uuid.UUID(hex=info.topic_id), 0, 0, 0, 1)
+        )
         unknown = await agent.call(ApiKey.FETCH, 16, _fetch_request(uuid.uuid4(), 0, 0, 0, 1))
         return info, known, unknown
 
@@ -382,7 +450,9 @@ def test_handlers_list_offsets_earliest_latest_max_and_by_time(settings):
     async def scenario(agent: Agent) -> Any:
         await agent.meta.create_topic("t", 1)
         early = encode_batch([Record(b"a", timestamp_ms=1000)], now_ms=NOW_MS)
-        late = encode_batch([Record(b"b", timestamp_ms=2000), Record(b"c", timestamp_ms=3000)], now_ms=NOW_MS)
+        late = encode_batch(
+            [Record(b"b", timestamp_ms=2000), Record(b"c", timestamp_ms=3000)], now_ms=NOW_MS
+        )
         await agent.produce("t", 0, early)
         await agent.produce("t", 0, late)
         response = await agent.call(
@@ -392,9 +462,19 @@ def test_handlers_list_offsets_earliest_latest_max_and_by_time(settings):
                 "replica_id": -1,
                 "isolation_level": 0,
                 "topics": [
-                    {"name": "t", "partitions": [{"partition_index": 0, "current_leader_epoch": -1, "timestamp": ts}
-                                                 for ts in (-2, -1, -3, -4, 1500, 9999)]},
-                    {"name": "nope", "partitions": [{"partition_index": 0, "current_leader_epoch": -1, "timestamp": -1}]},
+                    {
+                        "name": "t",
+                        "partitions": [
+                            {"partition_index": 0, "current_leader_epoch": -1, "timestamp": ts}
+                            for ts in (-2, -1, -3, -4, 1500, 9999)
+                        ],
+                    },
+                    {
+                        "name": "nope",
+                        "partitions": [
+                            {"partition_index": 0, "current_leader_epoch": -1, "timestamp": -1}
+                        ],
+                    },
                 ],
             },
         )
@@ -419,31 +499,85 @@ def test_handlers_create_list_delete_topics(settings):
             7,
             {
                 "topics": [
-                    {"name": "a", "num_partitions": 4, "replication_factor": -1, "assignments": [],
-                     "configs": [{"name": "retention.ms", "value": "1000"}]},
-                    {"name": "bad name", "num_partitions": 1, "replication_factor": 1, "assignments": [], "configs": []},
-                    {"name": "d", "num_partitions": -1, "replication_factor": -1, "assignments": [], "configs": []},
+                    {
+                        "name": "a",
+                        "num_partitions": 4,
+                        "replication_factor": -1,
+                        "assignments": [],
+                        "configs": [{"name": "retention.ms", "value": "1000"}],
+                    },
+                    {
+                        "name": "bad name",
+                        "num_partitions": 1,
+                        "replication_factor": 1,
+                        "assignments": [],
+                        "configs": [],
+                    },
+                    {
+                        "name": "d",
+                        "num_partitions": -1,
+                        "replication_factor": -1,
+                        "assignments": [],
+                        "configs": [],
+                    },
                 ],
                 "timeout": 1000,
                 "validate_only": False,
             },
         )
         again = await agent.call(
-            ApiKey.CREATE_TOPICS, 2,
-            {"topics": [{"name": "a", "num_partitions": 1, "replication_factor": 1, "assignments": [], "configs": []}],
-             "timeout": 1000, "validate_only": False},
+            ApiKey.CREATE_TOPICS,
+            2,
+            {
+                "topics": [
+                    {
+                        "name": "a",
+                        "num_partitions": 1,
+                        "replication_factor": 1,
+                        "assignments": [],
+                        "configs": [],
+                    }
+                ],
+                "timeout": 1000,
+                "validate_only": False,
+            },
         )
-        grow = await agent.call(ApiKey.CREATE_PARTITIONS, 3, {"topics": [{"name": "a", "count": 6, "assignments": None},
-                                                                          {"name": "a", "count": 2, "assignments": None}],
-                                                              "timeout": 1000, "validate_only": False})
-        delete = await agent.call(ApiKey.DELETE_TOPICS, 6, {"topics": [{"name": "d", "topic_id": None},
-                                                                      {"name": None, "topic_id": uuid.uuid4()}],
-                                                           "timeout": 1000})
-        return create, again, grow, delete, [t.name for t in await agent.meta.list_topics()], await agent.meta.describe_topic("a")
+        grow = await agent.call(
+            ApiKey.CREATE_PARTITIONS,
+            3,
+            {
+                "topics": [
+                    {"name": "a", "count": 6, "assignments": None},
+                    {"name": "a", "count": 2, "assignments": None},
+                ],
+                "timeout": 1000,
+                "validate_only": False,
+            },
+        )
+        delete = await agent.call(
+            ApiKey.DELETE_TOPICS,
+            6,
+            {
+                "topics": [
+                    {"name": "d", "topic_id": None},
+                    {"name": None, "topic_id": uuid.uuid4()},
+                ],
+                "timeout": 1000,
+            },
+        )
+        return (
+            create,
+            again,
+            grow,
+            delete,
+            [t.name for t in await agent.meta.list_topics()],
+            await agent.meta.describe_topic("a"),
+        )
 
     create, again, grow, delete, names, info = run(settings, scenario)
     results = {t.name: t for t in create.topics}
-    assert results["a"].error_code == ErrorCode.none and results["a"].num_partitions == 4
+    assert results["a"].error_code == ErrorCode.none
+    assert results["a"].num_partitions == 4
     assert results["a"].topic_id == uuid.UUID(hex=info.topic_id)
     assert results["bad name"].error_code == ErrorCode.invalid_topic_exception
     assert results["d"].num_partitions == settings.default_partitions
@@ -451,7 +585,8 @@ def test_handlers_create_list_delete_topics(settings):
     assert [r.error_code for r in grow.results] == [ErrorCode.none, ErrorCode.invalid_partitions]
     assert [r.error_code for r in delete.responses] == [ErrorCode.none, ErrorCode.unknown_topic_id]
     assert names == ["a"]
-    assert info.partitions == 6 and info.config == {"retention.ms": "1000"}
+    assert info.partitions == 6
+    assert info.config == {"retention.ms": "1000"}
 
 
 def test_handlers_describe_configs_topic_overrides_and_broker_defaults(settings):
@@ -463,7 +598,11 @@ def test_handlers_describe_configs_topic_overrides_and_broker_defaults(settings)
             {
                 "resources": [
                     {"resource_type": 2, "resource_name": "t", "configuration_keys": None},
-                    {"resource_type": 2, "resource_name": "t", "configuration_keys": ["cleanup.policy"]},
+                    {
+                        "resource_type": 2,
+                        "resource_name": "t",
+                        "configuration_keys": ["cleanup.policy"],
+                    },
                     {"resource_type": 4, "resource_name": "0", "configuration_keys": None},
                     {"resource_type": 2, "resource_name": "missing", "configuration_keys": None},
                 ],
@@ -474,8 +613,10 @@ def test_handlers_describe_configs_topic_overrides_and_broker_defaults(settings)
 
     results = run(settings, scenario).results
     topic = {c.name: c for c in results[0].configs}
-    assert topic["retention.ms"].value == "5" and topic["retention.ms"].config_source == 1
-    assert topic["cleanup.policy"].value == "delete" and topic["cleanup.policy"].config_source == 5
+    assert topic["retention.ms"].value == "5"
+    assert topic["retention.ms"].config_source == 1
+    assert topic["cleanup.policy"].value == "delete"
+    assert topic["cleanup.policy"].config_source == 5
     assert topic["max.message.bytes"].value == str(settings.max_record_bytes)
     assert [c.name for c in results[1].configs] == ["cleanup.policy"]
     assert {c.name: c.value for c in results[2].configs}["broker.id"] == "0"
@@ -484,20 +625,28 @@ def test_handlers_describe_configs_topic_overrides_and_broker_defaults(settings)
 
 def test_handlers_describe_cluster_lists_agents(settings):
     async def scenario(agent: Agent) -> Any:
-        return await agent.call(ApiKey.DESCRIBE_CLUSTER, 1, {"include_cluster_authorized_operations": False,
-                                                             "endpoint_type": 1})
+        return await agent.call(
+            ApiKey.DESCRIBE_CLUSTER,
+            1,
+            {"include_cluster_authorized_operations": False, "endpoint_type": 1},
+        )
 
     response = run(settings, scenario, brokers=2)
     assert [(b.broker_id, b.port) for b in response.brokers] == [(0, 9092), (1, 9093)]
-    assert response.cluster_id and response.controller_id == 0
+    assert response.cluster_id
+    assert response.controller_id == 0
 
 
 # ---------------------------------------------------------------------------- groups
 def test_handlers_find_coordinator_answers_this_agent_also_batched(settings):
     async def scenario(agent: Agent) -> Any:
         v1 = await agent.call(ApiKey.FIND_COORDINATOR, 1, {"key": "g", "key_type": 0})
-        v4 = await agent.call(ApiKey.FIND_COORDINATOR, 4, {"key_type": 0, "coordinator_keys": ["g1", "g2"]})
-        txn = await agent.call(ApiKey.FIND_COORDINATOR, 4, {"key_type": 1, "coordinator_keys": ["tx"]})
+        v4 = await agent.call(
+            ApiKey.FIND_COORDINATOR, 4, {"key_type": 0, "coordinator_keys": ["g1", "g2"]}
+        )
+        txn = await agent.call(
+            ApiKey.FIND_COORDINATOR, 4, {"key_type": 1, "coordinator_keys": ["tx"]}
+        )
         return v1, v4, txn
 
     v1, v4, txn = run(settings, scenario, brokers=3)
@@ -508,9 +657,25 @@ def test_handlers_find_coordinator_answers_this_agent_also_batched(settings):
 
 def test_handlers_offset_commit_and_multi_group_fetch(settings):
     def commit(group: str, offset: int, metadata: str = "m") -> dict[str, Any]:
-        return {"group_id": group, "generation_id_or_member_epoch": -1, "member_id": "", "group_instance_id": None,
-                "topics": [{"name": "t", "partitions": [{"partition_index": 0, "committed_offset": offset,
-                                                         "committed_leader_epoch": -1, "committed_metadata": metadata}]}]}
+        return {
+            "group_id": group,
+            "generation_id_or_member_epoch": -1,
+            "member_id": "",
+            "group_instance_id": None,
+            "topics": [
+                {
+                    "name": "t",
+                    "partitions": [
+                        {
+                            "partition_index": 0,
+                            "committed_offset": offset,
+                            "committed_leader_epoch": -1,
+                            "committed_metadata": metadata,
+                        }
+                    ],
+                }
+            ],
+        }
 
     async def scenario(agent: Agent) -> Any:
         await agent.meta.create_topic("t", 2)
@@ -520,11 +685,19 @@ def test_handlers_offset_commit_and_multi_group_fetch(settings):
         multi = await agent.call(
             ApiKey.OFFSET_FETCH,
             8,
-            {"groups": [{"group_id": "g1", "topics": [{"name": "t", "partition_indexes": [0, 1]}]},
-                        {"group_id": "g2", "topics": None}],
-             "require_stable": False},
+            {
+                "groups": [
+                    {"group_id": "g1", "topics": [{"name": "t", "partition_indexes": [0, 1]}]},
+                    {"group_id": "g2", "topics": None},
+                ],
+                "require_stable": False,
+            },
         )
-        single = await agent.call(ApiKey.OFFSET_FETCH, 1, {"group_id": "g2", "topics": [{"name": "t", "partition_indexes": [0]}]})
+        single = await agent.call(
+            ApiKey.OFFSET_FETCH,
+            1,
+            {"group_id": "g2", "topics": [{"name": "t", "partition_indexes": [0]}]},
+        )
         return c1, c2, huge, multi, single
 
     c1, c2, huge, multi, single = run(settings, scenario)
@@ -532,7 +705,10 @@ def test_handlers_offset_commit_and_multi_group_fetch(settings):
     assert c2.topics[0].partitions[0].error_code == ErrorCode.none
     assert huge.topics[0].partitions[0].error_code == ErrorCode.offset_metadata_too_large
     g1, g2 = multi.groups
-    assert [(p.partition_index, p.committed_offset) for p in g1.topics[0].partitions] == [(0, 5), (1, -1)]
+    assert [(p.partition_index, p.committed_offset) for p in g1.topics[0].partitions] == [
+        (0, 5),
+        (1, -1),
+    ]
     assert g1.topics[0].partitions[0].metadata == "m"
     assert [(p.partition_index, p.committed_offset) for p in g2.topics[0].partitions] == [(0, 7)]
     assert single.topics[0].partitions[0].committed_offset == 7
@@ -540,34 +716,95 @@ def test_handlers_offset_commit_and_multi_group_fetch(settings):
 
 def test_handlers_group_lifecycle_join_sync_heartbeat_describe_leave_delete(settings):
     async def scenario(agent: Agent) -> Any:
-        join = {"group_id": "g", "session_timeout": 10000, "rebalance_timeout": 10000, "member_id": "",
-                "group_instance_id": None, "protocol_type": "consumer",
-                "protocols": [{"name": "range", "metadata": b"meta"}], "reason": None}
+        join = {
+            "group_id": "g",
+            "session_timeout": 10000,
+            "rebalance_timeout": 10000,
+            "member_id": "",
+            "group_instance_id": None,
+            "protocol_type": "consumer",
+            "protocols": [{"name": "range", "metadata": b"meta"}],
+            "reason": None,
+        }
         first = await agent.call(ApiKey.JOIN_GROUP, 9, join)  # v4+: MEMBER_ID_REQUIRED first
         joined = await agent.call(ApiKey.JOIN_GROUP, 9, join | {"member_id": first.member_id})
-        sync = await agent.call(ApiKey.SYNC_GROUP, 5, {
-            "group_id": "g", "generation_id": joined.generation_id, "member_id": joined.member_id,
-            "group_instance_id": None, "protocol_type": "consumer", "protocol_name": "range",
-            "assignments": [{"member_id": joined.member_id, "assignment": b"assigned"}]})
-        beat = await agent.call(ApiKey.HEARTBEAT, 4, {"group_id": "g", "generation_id": joined.generation_id,
-                                                      "member_id": joined.member_id, "group_instance_id": None})
-        stale = await agent.call(ApiKey.HEARTBEAT, 0, {"group_id": "g", "generation_id": 99, "member_id": joined.member_id})
+        sync = await agent.call(
+            ApiKey.SYNC_GROUP,
+            5,
+            {
+                "group_id": "g",
+                "generation_id": joined.generation_id,
+                "member_id": joined.member_id,
+                "group_instance_id": None,
+                "protocol_type": "consumer",
+                "protocol_name": "range",
+                "assignments": [{"member_id": joined.member_id, "assignment": b"assigned"}],
+            },
+        )
+        beat = await agent.call(
+            ApiKey.HEARTBEAT,
+            4,
+            {
+                "group_id": "g",
+                "generation_id": joined.generation_id,
+                "member_id": joined.member_id,
+                "group_instance_id": None,
+            },
+        )
+        stale = await agent.call(
+            ApiKey.HEARTBEAT,
+            0,
+            {"group_id": "g", "generation_id": 99, "member_id": joined.member_id},
+        )
         listed = await agent.call(ApiKey.LIST_GROUPS, 4, {"states_filter": []})
-        described = await agent.call(ApiKey.DESCRIBE_GROUPS, 5, {"groups": ["g"], "include_authorized_operations": False})
+        described = await agent.call(
+            ApiKey.DESCRIBE_GROUPS, 5, {"groups": ["g"], "include_authorized_operations": False}
+        )
         busy = await agent.call(ApiKey.DELETE_GROUPS, 2, {"groups_names": ["g"]})
-        await agent.call(ApiKey.OFFSET_COMMIT, 8, {
-            "group_id": "g", "generation_id_or_member_epoch": joined.generation_id, "member_id": joined.member_id,
-            "group_instance_id": None, "topics": [{"name": "t", "partitions": [
-                {"partition_index": 0, "committed_offset": 3, "committed_leader_epoch": -1, "committed_metadata": ""}]}]})
-        left = await agent.call(ApiKey.LEAVE_GROUP, 5, {"group_id": "g", "members": [
-            {"member_id": joined.member_id, "group_instance_id": None, "reason": None}]})
+        await agent.call(
+            ApiKey.OFFSET_COMMIT,
+            8,
+            {
+                "group_id": "g",
+                "generation_id_or_member_epoch": joined.generation_id,
+                "member_id": joined.member_id,
+                "group_instance_id": None,
+                "topics": [
+                    {
+                        "name": "t",
+                        "partitions": [
+                            {
+                                "partition_index": 0,
+                                "committed_offset": 3,
+                                "committed_leader_epoch": -1,
+                                "committed_metadata": "",
+                            }
+                        ],
+                    }
+                ],
+            },
+        )
+        left = await agent.call(
+            ApiKey.LEAVE_GROUP,
+            5,
+            {
+                "group_id": "g",
+                "members": [
+                    {"member_id": joined.member_id, "group_instance_id": None, "reason": None}
+                ],
+            },
+        )
         deleted = await agent.call(ApiKey.DELETE_GROUPS, 2, {"groups_names": ["g"]})
         offsets = await agent.meta.fetch_offsets("g")
         return first, joined, sync, beat, stale, listed, described, busy, left, deleted, offsets
 
-    first, joined, sync, beat, stale, listed, described, busy, left, deleted, offsets = run(settings, scenario)
-    assert first.error_code == ErrorCode.member_id_required and first.member_id
-    assert joined.error_code == ErrorCode.none and joined.leader == joined.member_id
+    first, joined, sync, beat, stale, listed, described, busy, left, deleted, offsets = run(
+        settings, scenario
+    )
+    assert first.error_code == ErrorCode.member_id_required
+    assert first.member_id
+    assert joined.error_code == ErrorCode.none
+    assert joined.leader == joined.member_id
     assert [m.metadata for m in joined.members] == [b"meta"]
     assert (sync.error_code, sync.assignment) == (ErrorCode.none, b"assigned")
     assert beat.error_code == ErrorCode.none
@@ -576,9 +813,11 @@ def test_handlers_group_lifecycle_join_sync_heartbeat_describe_leave_delete(sett
     group = described.groups[0]
     assert (group.group_state, group.protocol_data) == ("Stable", "range")
     assert group.members[0].member_assignment == b"assigned"
-    assert group.members[0].client_id == "test-client" and group.members[0].client_host == "/127.0.0.1"
+    assert group.members[0].client_id == "test-client"
+    assert group.members[0].client_host == "/127.0.0.1"
     assert busy.results[0].error_code == ErrorCode.non_empty_group
-    assert left.error_code == ErrorCode.none and left.members[0].error_code == ErrorCode.none
+    assert left.error_code == ErrorCode.none
+    assert left.members[0].error_code == ErrorCode.none
     assert deleted.results[0].error_code == ErrorCode.none
     assert offsets == {}  # DeleteGroups also dropped the committed offsets
 
@@ -588,11 +827,12 @@ def test_handlers_group_service_down_means_coordinator_not_available(settings):
         async def down(*args: Any, **kwargs: Any) -> Any:
             raise Unavailable("metadata actor restarting")
 
-        agent.handlers.meta.heartbeat = down
-        groups = agent.handlers._dispatch[ApiKey.HEARTBEAT].__self__  # type: ignore[attr-defined]
-        groups._meta = agent.handlers.meta
-        return await agent.call(ApiKey.HEARTBEAT, 4, {"group_id": "g", "generation_id": 1, "member_id": "m",
-                                                      "group_instance_id": None})
+        agent.meta.heartbeat = down  # the handlers share this object
+        return await agent.call(
+            ApiKey.HEARTBEAT,
+            4,
+            {"group_id": "g", "generation_id": 1, "member_id": "m", "group_instance_id": None},
+        )
 
     assert run(settings, scenario).error_code == ErrorCode.coordinator_not_available
 

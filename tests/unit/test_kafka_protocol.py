@@ -143,7 +143,8 @@ def test_protocol_build_drops_fields_the_version_lacks_and_converts_types():
     assert v0.members[0].metadata == b"x"
     v9 = build(response_class(ApiKey.JOIN_GROUP, 9), values)
     assert v9.throttle_time == timedelta(milliseconds=5)
-    assert v9.skip_assignment is True and v9.protocol_name is None
+    assert v9.skip_assignment is True
+    assert v9.protocol_name is None
 
 
 def test_protocol_build_turns_hex_topic_ids_into_uuids():

@@ -1,0 +1,360 @@
+"""The Kafka listener over real TCP on 127.0.0.1 with real client libraries.
+
+No Ray: fake agents (``tests/fakes.py``) over a real MetadataActor run in a background
+thread's event loop; confluent-kafka (librdkafka), kafka-python and aiokafka connect to
+them. Also raw-socket tests for ordering and bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kio.schema.errors import ErrorCode
+
+from ray_stream.config import Settings
+from ray_stream.kafka.records import parse_batch_header, split_batches
+from ray_stream.kafka.versions import ApiKey
+from tests.fakes import KafkaTestCluster, RawClient, decode_response, encode_request
+
+confluent_kafka = pytest.importorskip("confluent_kafka")
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[KafkaTestCluster]:
+    settings = Settings(
+        data_dir=str(tmp_path_factory.mktemp("kafka-server")), max_request_bytes=16 * 1024 * 1024
+    )
+    with KafkaTestCluster(settings, agents=2) as running:
+        yield running
+
+
+@pytest.fixture
+def topic(cluster) -> str:
+    name = "t" + uuid.uuid4().hex[:10]
+    cluster.run(cluster.meta.create_topic(name, 3))
+    return name
+
+
+def _all_batches(cluster: KafkaTestCluster, topic: str) -> list[bytes]:
+    return [
+        b
+        for backend in cluster.backends
+        for entries, _ in backend.produce_calls
+        for t, _, b in entries
+        if t == topic
+    ]
+
+
+def _consume_confluent(bootstrap: str, topic: str, partitions: int, count: int) -> list[Any]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "unused",
+            "check.crcs": True,
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got: list[Any] = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None:
+                continue
+            assert message.error() is None, message.error()
+            got.append(message)
+    finally:
+        consumer.close()
+    return got
+
+
+# ------------------------------------------------------------------ confluent-kafka
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_server_confluent_round_trips_every_codec_byte_exact(cluster, topic, codec):
+    producer = Producer(
+        {
+            "bootstrap.servers": cluster.bootstrap,
+            "compression.type": codec,
+            "linger.ms": 5,
+            "acks": "all",
+        }
+    )
+    sent = {}
+    for i in range(60):
+        value = (b"%04d-" % i) + bytes(range(256)) * (i % 3)
+        sent[(i % 3, i // 3)] = value
+        producer.produce(topic, value=value, key=b"k%d" % i, partition=i % 3)
+    assert producer.flush(20) == 0
+    got = _consume_confluent(cluster.bootstrap, topic, 3, 60)
+    assert {(m.partition(), m.offset()): m.value() for m in got} == sent
+    codes = {parse_batch_header(b).compression for b in _all_batches(cluster, topic)}
+    assert codes == {CODECS[codec]}  # the producer's batches were stored untouched
+
+
+def test_server_confluent_idempotent_producer(cluster, topic):
+    producer = Producer(
+        {"bootstrap.servers": cluster.bootstrap, "enable.idempotence": True, "linger.ms": 2}
+    )
+    for i in range(200):
+        producer.produce(topic, value=b"%d" % i, partition=0)
+    assert producer.flush(20) == 0
+    batches = _all_batches(cluster, topic)
+    assert all(parse_batch_header(b).producer_id >= 0 for b in batches)
+    assert cluster.run(cluster.meta.list_offset(topic, 0, -1))[0] == 200
+
+
+def test_server_confluent_admin_creates_lists_and_deletes(cluster):
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    name = "adm" + uuid.uuid4().hex[:8]
+    for future in admin.create_topics([NewTopic(name, 4, 1)]).values():
+        assert future.result(10) is None
+    listed = admin.list_topics(timeout=10).topics
+    assert len(listed[name].partitions) == 4
+    assert {p.leader for p in listed[name].partitions.values()} == {0, 1}  # spread over both agents
+    for future in admin.delete_topics([name]).values():
+        assert future.result(10) is None
+    assert name not in admin.list_topics(timeout=10).topics
+
+
+# -------------------------------------------------------------------- kafka-python
+def test_server_kafka_python_default_producer_and_assigned_consumer(cluster, topic):
+    import kafka
+
+    producer = kafka.KafkaProducer(bootstrap_servers=cluster.bootstrap, compression_type="gzip")
+    futures = [producer.send(topic, value=b"kp%d" % i, partition=i % 3) for i in range(30)]
+    producer.flush(10)
+    assert sorted(f.get(10).offset for f in futures if f.get(10).partition == 0) == list(range(10))
+    producer.close()
+    # kafka-python 3 enables idempotence by default: it needed InitProducerId.
+    assert all(parse_batch_header(b).producer_id >= 0 for b in _all_batches(cluster, topic))
+
+    consumer = kafka.KafkaConsumer(
+        bootstrap_servers=cluster.bootstrap, check_crcs=True, fetch_max_wait_ms=100
+    )
+    consumer.assign([kafka.TopicPartition(topic, p) for p in range(3)])
+    consumer.seek_to_beginning()
+    got: dict[tuple[int, int], bytes] = {}
+    deadline = time.monotonic() + 20
+    while len(got) < 30 and time.monotonic() < deadline:
+        for records in consumer.poll(200).values():
+            got.update({(r.partition, r.offset): r.value for r in records})
+    consumer.close()
+    assert sorted(got.values()) == sorted(b"kp%d" % i for i in range(30))
+
+
+def test_server_kafka_python_admin(cluster):
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewPartitions
+    from kafka.admin import NewTopic as KNewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    name = "kpa" + uuid.uuid4().hex[:8]
+    admin.create_topics([KNewTopic(name, 2, 1, topic_configs={"retention.ms": "1000"})])
+    assert name in admin.list_topics()
+    admin.create_partitions({name: NewPartitions(5)})
+    configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    assert "retention.ms" in str(configs)
+    admin.delete_topics([name])
+    assert name not in admin.list_topics()
+    admin.close()
+    info = cluster.run(cluster.meta.list_topics())
+    assert name not in [t.name for t in info]
+
+
+# ------------------------------------------------------------------------- aiokafka
+def test_server_aiokafka_idempotent_produce_and_assigned_consume(cluster, topic):
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin import NewTopic as ANewTopic
+    from aiokafka.structs import TopicPartition as ATopicPartition
+
+    async def scenario() -> tuple[list[Any], list[str], list[str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+        await admin.start()
+        extra = "aio" + uuid.uuid4().hex[:8]
+        await admin.create_topics([ANewTopic(extra, 2, 1)])
+        listed = await admin.list_topics()
+        await admin.delete_topics([extra])
+        after = await admin.list_topics()
+        await admin.close()
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=cluster.bootstrap, enable_idempotence=True, compression_type="gzip"
+        )
+        await producer.start()
+        for i in range(20):
+            await producer.send_and_wait(topic, b"aio%d" % i, partition=i % 3)
+        await producer.stop()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=cluster.bootstrap,
+            check_crcs=True,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+        )
+        await consumer.start()
+        consumer.assign([ATopicPartition(topic, p) for p in range(3)])
+        got: list[Any] = []
+        deadline = time.monotonic() + 20
+        while len(got) < 20 and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got += records
+        await consumer.stop()
+        return got, [extra] if extra in listed else [], [extra] if extra in after else []
+
+    got, created, left_over = asyncio.run(scenario())
+    assert sorted(r.value for r in got) == sorted(b"aio%d" % i for i in range(20))
+    assert created
+    assert not left_over
+
+
+# --------------------------------------------------------------------------- raw wire
+def _api_versions(correlation_id: int, version: int = 3) -> bytes:
+    return encode_request(
+        ApiKey.API_VERSIONS,
+        version,
+        {"client_software_name": "raw", "client_software_version": "1"},
+        correlation_id=correlation_id,
+    )
+
+
+def _assert_server_healthy(cluster: KafkaTestCluster) -> None:
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    assert admin.list_topics(timeout=10).brokers.keys() == {0, 1}
+    client = RawClient(cluster.ports[0])
+    client.send(_api_versions(1))
+    frame = client.read_frame()
+    assert frame is not None
+    assert decode_response(ApiKey.API_VERSIONS, 3, frame)[1].error_code == 0
+    client.close()
+
+
+def test_server_answers_pipelined_requests_in_order_despite_a_long_poll(cluster, topic):
+    fetch = encode_request(
+        ApiKey.FETCH,
+        11,
+        {
+            "replica_id": -1,
+            "max_wait": 400,
+            "min_bytes": 1,
+            "max_bytes": 1 << 20,
+            "isolation_level": 0,
+            "session_id": 0,
+            "session_epoch": -1,
+            "rack_id": "",
+            "forgotten_topics_data": [],
+            "topics": [
+                {
+                    "topic": topic,
+                    "partitions": [
+                        {
+                            "partition": 0,
+                            "current_leader_epoch": -1,
+                            "fetch_offset": 0,
+                            "log_start_offset": -1,
+                            "partition_max_bytes": 1 << 20,
+                        }
+                    ],
+                }
+            ],
+        },
+        correlation_id=10,
+    )
+    client = RawClient(cluster.ports[1])
+    client.send(fetch + _api_versions(11) + _api_versions(12, version=0))
+    started = time.monotonic()
+    first, second, third = (client.read_frame() for _ in range(3))
+    assert time.monotonic() - started >= 0.3  # the fetch long-polled, and went first
+    assert decode_response(ApiKey.FETCH, 11, first)[0] == 10
+    assert decode_response(ApiKey.API_VERSIONS, 3, second)[0] == 11
+    assert decode_response(ApiKey.API_VERSIONS, 0, third)[0] == 12
+    client.close()
+
+
+def test_server_unserved_api_versions_version_gets_v0_error_and_connection_stays(cluster):
+    client = RawClient(cluster.ports[0])
+    header = (18).to_bytes(2, "big") + (42).to_bytes(2, "big") + (7).to_bytes(4, "big")
+    client.send(len(header + b"\x00\x00future").to_bytes(4, "big") + header + b"\x00\x00future")
+    correlation_id, body = decode_response(ApiKey.API_VERSIONS, 0, client.read_frame())
+    assert (correlation_id, body.error_code) == (7, ErrorCode.unsupported_version)
+    assert any(k.api_key == ApiKey.FETCH for k in body.api_keys)
+    client.send(_api_versions(8))  # the client retries with a served version
+    assert decode_response(ApiKey.API_VERSIONS, 3, client.read_frame())[0] == 8
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", id="garbage"),
+        pytest.param((200 * 1024 * 1024).to_bytes(4, "big") + b"\x00" * 16, id="oversized-prefix"),
+        pytest.param(b"\xff\xff\xff\xf0", id="negative-prefix"),
+        pytest.param(
+            (12).to_bytes(4, "big") + (4242).to_bytes(2, "big") + b"\x00" * 10, id="unknown-api-key"
+        ),
+        pytest.param(
+            (12).to_bytes(4, "big") + (0).to_bytes(2, "big") + (1).to_bytes(2, "big") + b"\x00" * 8,
+            id="unserved-produce-version",
+        ),
+        pytest.param(
+            (20).to_bytes(4, "big")
+            + (3).to_bytes(2, "big")
+            + (12).to_bytes(2, "big")
+            + b"\x01" * 16,
+            id="undecodable-body",
+        ),
+    ],
+)
+def test_server_closes_only_the_offending_connection(cluster, payload):
+    bystander = RawClient(cluster.ports[0])
+    bad = RawClient(cluster.ports[0])
+    bad.send(_api_versions(1))
+    assert bad.read_frame() is not None  # answers due before the bad input still come
+    bad.send(payload)
+    assert bad.is_closed_by_server()
+    bad.close()
+    bystander.send(_api_versions(2))
+    assert decode_response(ApiKey.API_VERSIONS, 3, bystander.read_frame())[0] == 2
+    bystander.close()
+    _assert_server_healthy(cluster)
+
+
+def test_server_survives_a_truncated_frame_and_client_disconnects(cluster):
+    for cut in (2, 6, 20):
+        client = RawClient(cluster.ports[1])
+        client.send(_api_versions(1)[:cut])
+        client.close()
+    _assert_server_healthy(cluster)
+
+
+def test_server_idempotent_retry_over_the_wire_does_not_duplicate(cluster, topic):
+    from ray_stream.kafka.records import Record, encode_batch
+
+    pid, epoch = cluster.run(cluster.meta.init_producer_id(None))
+    records = encode_batch(
+        [Record(b"once")], now_ms=1, producer_id=pid, producer_epoch=epoch, base_sequence=0
+    )
+    produce = {
+        "transactional_id": None,
+        "acks": -1,
+        "timeout": 5000,
+        "topic_data": [{"name": topic, "partition_data": [{"index": 1, "records": records}]}],
+    }
+    client = RawClient(cluster.ports[0])
+    client.send(encode_request(ApiKey.PRODUCE, 9, produce, correlation_id=1))
+    client.send(encode_request(ApiKey.PRODUCE, 9, produce, correlation_id=2))  # a retry
+    answers = [decode_response(ApiKey.PRODUCE, 9, client.read_frame())[1] for _ in range(2)]
+    client.close()
+    parts = [a.responses[0].partition_responses[0] for a in answers]
+    assert [(p.error_code, p.base_offset) for p in parts] == [(0, 0), (0, 0)]
+    assert cluster.run(cluster.meta.list_offset(topic, 1, -1))[0] == 1
+    assert len(split_batches(b"".join(_all_batches(cluster, topic)))) == 2  # both reached the agent
