@@ -24,6 +24,7 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--linger-ms", type=int, help="agent flush interval (default 250)")
     p.add_argument("--flush-bytes", type=int, help="agent flush size (default 8 MiB)")
     p.add_argument("--kafka-port", type=int, help="first agent's Kafka port (default 9092; 0 = off)")
+    p.add_argument("--kafka-host", help="address the Kafka listeners bind to (default 127.0.0.1)")
     p.add_argument("--namespace", help="Ray namespace (default ray_stream)")
 
 
@@ -36,6 +37,7 @@ def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "flush_bytes": args.flush_bytes,
         "kafka_port": args.kafka_port,
         "namespace": args.namespace,
+        "kafka_host": args.kafka_host,
     }
 
 
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = sub.add_parser("start", help="run the embedded cluster in the foreground")
     _settings_args(start)
+    start.add_argument(
+        "--address", help="run inside an existing Ray cluster (e.g. 'auto' on a `ray up` head node)"
+    )
 
     sub.add_parser("status", help="show the running cluster")
 
@@ -120,7 +125,7 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 def _start(args: argparse.Namespace) -> int:
     from ray_stream.client.cluster import clear_state, start_local, write_state
 
-    cluster = start_local(**_settings_kwargs(args))
+    cluster = start_local(address=args.address, **_settings_kwargs(args))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -186,6 +186,7 @@ def start_local(
     kafka_port: int | None = None,
     namespace: str | None = None,
     settings: Settings | None = None,
+    address: str | None = None,
     **extra: Any,
 ) -> Cluster:
     """Start the embedded cluster in this process's Ray and return its handle.
@@ -199,6 +200,8 @@ def start_local(
         kafka_port: first agent's Kafka port (default 9092; 0 disables; -1 any free).
         namespace: Ray namespace for the named actors (default ``ray_stream``).
         settings: a full Settings; the keyword arguments above override it.
+        address: run the cluster's actors in an existing Ray cluster (``auto`` or
+            ``host:port``, as on a ``ray up`` head node) instead of a new local Ray.
 
     Raises:
         InvalidConfig: a setting is out of range (the message names it).
@@ -219,7 +222,7 @@ def start_local(
     else:
         settings = settings_from_env(**overrides)
     Path(settings.resolved_data_dir).mkdir(parents=True, exist_ok=True)
-    started_ray = handles.ensure_ray(namespace=settings.namespace)
+    started_ray = handles.ensure_ray(address=address, namespace=settings.namespace)
     if handles.actor_exists(METADATA_ACTOR_NAME, settings.namespace):
         raise InvalidRequest(
             f"a ray_stream cluster already runs in Ray namespace {settings.namespace!r}; "

@@ -71,17 +71,13 @@ class GroupHandlers:
         key_type = getattr(body, "key_type", KEY_TYPE_GROUP)
         code, message = ErrorCode.none, None
         if key_type != KEY_TYPE_GROUP:  # transactions and share groups are not served
-            code, message = (
-                ErrorCode.invalid_request,
-                f"coordinator key type {key_type} is not served",
-            )
-        entry = {
-            "node_id": me.node_id if code == ErrorCode.none else -1,
-            "host": me.host if code == ErrorCode.none else "",
-            "port": me.port if code == ErrorCode.none else -1,
-            "error_code": code,
-            "error_message": message,
-        }
+            code, message = ErrorCode.invalid_request, f"key type {key_type} is not served"
+        elif me is None:  # our listener is not registered yet: the client retries
+            code, message = ErrorCode.coordinator_not_available, "agent is starting"
+        entry: dict[str, Any] = {"node_id": -1, "host": "", "port": -1}
+        if code == ErrorCode.none and me is not None:
+            entry = {"node_id": me.node_id, "host": me.host, "port": me.port}
+        entry.update(error_code=code, error_message=message)
         if request.api_version >= 4:
             return {"coordinators": [{"key": key, **entry} for key in body.coordinator_keys]}
         return entry

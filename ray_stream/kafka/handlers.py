@@ -31,7 +31,6 @@ from ray_stream.config import Settings
 from ray_stream.core.types import BatchResult, BrokerInfo, FetchResult, TopicInfo
 from ray_stream.errors import (
     CorruptData,
-    InternalError,
     RayStreamError,
     TopicAlreadyExists,
     UnknownTopicOrPartition,
@@ -49,7 +48,13 @@ TIMESTAMP_LATEST, TIMESTAMP_EARLIEST, TIMESTAMP_MAX, TIMESTAMP_EARLIEST_LOCAL = 
 
 
 class KafkaBackend(Protocol):
-    """What the handlers need from an agent (docs/design/0001, "Kafka server")."""
+    """What the handlers need from an agent (docs/design/0001, "Kafka server").
+
+    ``produce`` must take its entries in (buffer them) before its first suspension
+    point: the server starts one connection's handlers in request order, and that is
+    what keeps an idempotent producer's pipelined batches in sequence order.
+    ``brokers()`` must include this agent (``node_id``) once its listener is up.
+    """
 
     node_id: int
     settings: Settings
@@ -111,12 +116,12 @@ class KafkaHandlers:
         return build_response(request, values)
 
     # ------------------------------------------------------------- helpers
-    async def own_broker(self) -> BrokerInfo:
-        brokers = await self.backend.brokers()
-        for broker in brokers:
+    async def own_broker(self) -> BrokerInfo | None:
+        """This agent's listener, or None while it is not registered yet."""
+        for broker in await self.backend.brokers():
             if broker.node_id == self.backend.node_id:
                 return broker
-        raise InternalError(f"brokers() does not list this agent (node {self.backend.node_id})")
+        return None
 
     def remember_topics(self, topics: Sequence[TopicInfo]) -> None:
         for topic in topics:

@@ -36,6 +36,7 @@ from ray_stream.kafka.protocol import (
     parse_request,
     preload,
 )
+from ray_stream.kafka.versions import ApiKey
 
 __all__ = ["MAX_IN_FLIGHT", "start_kafka_server"]
 
@@ -95,25 +96,30 @@ class _Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._client_host = "/" + (peer[0] if isinstance(peer, tuple) else str(peer))
+        self._aborted = False
+        self._current: _Work | None = None  # the request whose answer is awaited
 
     async def run(self) -> None:
         writing = asyncio.create_task(self._write_loop())
         try:
-            await self._read_loop()
-            if not writing.done():  # answer what was already asked, then close
+            bad_input = await self._read_loop()
+            if bad_input and not writing.done():  # answer what was asked before it
                 await self._queue.put(None)
                 await writing
         finally:
+            # On EOF the client is gone: its pending answers (a long poll, say) are
+            # dropped, as Kafka drops them, instead of holding the connection open.
             writing.cancel()
             self._cancel_queued()
             self._writer.close()
 
-    async def _read_loop(self) -> None:
-        while True:
+    async def _read_loop(self) -> bool:
+        """Read and dispatch until EOF (False) or bad input (True)."""
+        while not self._aborted:
             try:
                 data = await self._reader.read(READ_BYTES)
             except (ConnectionError, OSError):
-                return
+                return False
             if not data:
                 if self._decoder.buffered_bytes:
                     log.warning(
@@ -121,14 +127,15 @@ class _Connection:
                         self.peer,
                         self._decoder.buffered_bytes,
                     )
-                return
+                return False
             self._decoder.receive_data(data)
             try:
-                while (frame := self._decoder.next_frame()) is not None:
+                while not self._aborted and (frame := self._decoder.next_frame()) is not None:
                     await self._queue.put(self._start(parse_request(frame)))
             except RayStreamError as exc:
                 log.warning("kafka client %s sent bad input, closing: %s", self.peer, exc)
-                return
+                return True
+        return False
 
     def _start(self, request: Request) -> _Work:
         if request.body is None:  # an ApiVersions version we do not serve
@@ -143,7 +150,10 @@ class _Connection:
                 data = pending
             else:
                 try:
-                    body = await pending
+                    self._current = work
+                    # shield: cancelling this loop must not cancel a produce (see below)
+                    body = await asyncio.shield(pending)
+                    self._current = None
                     if body is None:  # acks=0 produce: no response
                         continue
                     data = encode_response(request, body)
@@ -166,11 +176,29 @@ class _Connection:
 
     def _abort(self) -> None:
         """Stop reading too: the reader's next ``read`` sees the closed transport."""
+        self._aborted = True
         self._writer.transport.abort()
         self._cancel_queued()
 
     def _cancel_queued(self) -> None:
+        """Drop unanswered requests; produce requests still run to completion.
+
+        A produce may not even have started (its bytes and the EOF arrived together), and
+        with acks=0 the client already counts it as sent: cancelling it would lose it.
+        """
+        unanswered: list[_Work | None] = [self._current]
+        self._current = None
         while not self._queue.empty():
-            work = self._queue.get_nowait()
-            if work is not None and isinstance(work[1], asyncio.Task):
+            unanswered.append(self._queue.get_nowait())
+        for work in unanswered:
+            if work is None or not isinstance(work[1], asyncio.Task):
+                continue
+            if work[0].api_key == ApiKey.PRODUCE:
+                work[1].add_done_callback(_log_failure)
+            else:
                 work[1].cancel()
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("kafka produce of a closed connection failed", exc_info=task.exception())

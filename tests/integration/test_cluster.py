@@ -201,3 +201,60 @@ def test_restart_keeps_every_acknowledged_record_at_its_offset(ray_session, tmp_
         assert meta.offset == max(o for p, o in acked if p == 0) + 1
     finally:
         second.shutdown()
+
+
+def test_send_batch_with_partition_and_headers_columns(cluster, unique_name):
+    cluster.create_topic(unique_name, 4)
+    n = 400
+    table = pa.table(
+        {
+            "value": pa.array([f"s{i}" for i in range(n)], pa.string()),
+            "partition": pa.array([i % 4 for i in range(n)], pa.int32()),
+            "headers": pa.array(
+                [[{"key": "i", "value": str(i).encode()}] for i in range(n)],
+                pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())])),
+            ),
+        }
+    )
+    with cluster.producer() as producer:
+        placed = producer.send_batch(unique_name, table).result(timeout=60)
+    assert placed["partition"].to_pylist() == [i % 4 for i in range(n)]
+    read = cluster.read_table(unique_name)
+    rows = {r["value"]: r for r in read.to_pylist()}
+    for i in range(n):
+        row = rows[f"s{i}".encode()]
+        assert row["partition"] == i % 4
+        assert row["headers"] == [{"key": "i", "value": str(i).encode()}]
+
+
+def test_send_batch_rejects_bad_tables(cluster, unique_name):
+    from ray_stream import InvalidRequest, RecordTooLarge
+
+    cluster.create_topic(unique_name, 1)
+    producer = cluster.producer()
+    with pytest.raises(InvalidRequest, match="value"):
+        producer.send_batch(unique_name, pa.table({"payload": [b"x"]}))
+    with pytest.raises(InvalidRequest, match="value"):
+        producer.send_batch(unique_name, pa.table({"value": [1, 2]}))
+    with pytest.raises(InvalidRequest, match="pyarrow"):
+        producer.send_batch(unique_name, [b"x"])
+    with pytest.raises(RecordTooLarge, match="row 1"):
+        producer.send_batch(unique_name, pa.table({"value": [b"x", b"y" * (2 * 1024 * 1024)]}))
+    producer.close()
+
+
+def test_read_table_ranges_and_dataset(cluster, unique_name):
+    cluster.create_topic(unique_name, 2)
+    with cluster.producer() as producer:
+        for i in range(200):
+            producer.send(unique_name, str(i).encode(), partition=i % 2)
+    part = cluster.read_table(unique_name, partitions=[1], start=10, end=20)
+    assert part["offset"].to_pylist() == list(range(10, 20))
+    assert set(part["partition"].to_pylist()) == {1}
+    per = cluster.read_table(unique_name, start={0: 95}, end={1: 3})
+    assert sorted(zip(per["partition"].to_pylist(), per["offset"].to_pylist(), strict=True)) == [
+        (0, 95), (0, 96), (0, 97), (0, 98), (0, 99), (1, 0), (1, 1), (1, 2)
+    ]
+    ds = cluster.read_dataset(unique_name)
+    assert ds.count() == 200
+    assert sorted(int(row["value"]) for row in ds.take_all()) == list(range(200))

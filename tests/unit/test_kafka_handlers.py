@@ -852,3 +852,21 @@ def test_errors_map_maps_kinds_and_names():
     assert group_error_code("REBALANCE_IN_PROGRESS") == ErrorCode.rebalance_in_progress
     assert group_error_code("NOT_A_REAL_ERROR") == ErrorCode.unknown_server_error
     assert group_error_code(None) == ErrorCode.none
+
+
+def test_handlers_cover_every_served_api(settings):
+    from ray_stream.kafka.versions import SUPPORTED_VERSIONS
+
+    async def scenario(agent: Agent) -> Any:
+        return set(agent.handlers._dispatch)
+
+    assert run(settings, scenario) == set(SUPPORTED_VERSIONS)
+
+
+def test_handlers_find_coordinator_before_the_listener_is_registered(settings):
+    async def scenario(agent: Agent) -> Any:
+        agent.backend.address = None
+        return await agent.call(ApiKey.FIND_COORDINATOR, 3, {"key": "g", "key_type": 0})
+
+    response = run(settings, scenario)
+    assert (response.error_code, response.node_id) == (ErrorCode.coordinator_not_available, -1)

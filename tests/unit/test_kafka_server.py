@@ -358,3 +358,31 @@ def test_server_idempotent_retry_over_the_wire_does_not_duplicate(cluster, topic
     assert [(p.error_code, p.base_offset) for p in parts] == [(0, 0), (0, 0)]
     assert cluster.run(cluster.meta.list_offset(topic, 1, -1))[0] == 1
     assert len(split_batches(b"".join(_all_batches(cluster, topic)))) == 2  # both reached the agent
+
+
+def test_server_acks_zero_produce_survives_an_immediate_disconnect(cluster, topic):
+    from ray_stream.kafka.records import Record, encode_batch
+
+    records = encode_batch([Record(b"fire-and-forget")], now_ms=1)
+    produce = {
+        "transactional_id": None,
+        "acks": 0,
+        "timeout": 5000,
+        "topic_data": [{"name": topic, "partition_data": [{"index": 2, "records": records}]}],
+    }
+    client = RawClient(cluster.ports[0])
+    client.send(encode_request(ApiKey.PRODUCE, 7, produce, correlation_id=1))
+    client.close()  # no response is due; the write must still happen
+    deadline = time.monotonic() + 10
+    while cluster.run(cluster.meta.list_offset(topic, 2, -1))[0] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_server_confluent_acks_zero(cluster, topic):
+    producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": 0, "linger.ms": 2})
+    for i in range(50):
+        producer.produce(topic, value=b"a0-%d" % i, partition=1)
+    assert producer.flush(20) == 0
+    got = _consume_confluent(cluster.bootstrap, topic, 3, 50)
+    assert sorted(m.value() for m in got) == sorted(b"a0-%d" % i for i in range(50))
