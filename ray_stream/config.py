@@ -83,7 +83,7 @@ class Settings:
     @property
     def resolved_object_store(self) -> str:
         if self.object_store:
-            if self.object_store.startswith(("s3://", "memory://", "file://")):
+            if self.object_store.startswith(("s3://", "memory://", "file://", "faulty+")):
                 return self.object_store
             return "file://" + str(Path(self.object_store).expanduser().resolve())
         return "file://" + str(Path(self.resolved_data_dir) / "objects")

@@ -19,7 +19,7 @@ import itertools
 import socket
 import struct
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ray_stream.actors.metadata import MetadataActor
@@ -27,44 +27,17 @@ from ray_stream.config import Settings
 from ray_stream.core.types import BatchEntry, BatchResult, BrokerInfo, CommitRequest, FetchResult
 from ray_stream.errors import OffsetOutOfRange, UnknownTopicOrPartition
 from ray_stream.kafka.framing import encode_frame
-from ray_stream.kafka.protocol import build, request_class, response_class
+from ray_stream.kafka.handlers import KafkaHandlers
+from ray_stream.kafka.protocol import Request, build, encode_response, request_class, response_class
 from ray_stream.kafka.records import parse_batch_header, set_base_offset
+from ray_stream.kafka.versions import ApiKey
 
 T = TypeVar("T")
 
-GROUP_METHODS = (
-    "join_group",
-    "sync_group",
-    "heartbeat",
-    "leave_group",
-    "list_groups",
-    "describe_groups",
-    "delete_groups",
-    "validate_offset_commit",
-)
 
-
-class MetaWithGroups:
-    """A MetadataActor plus a GroupService for the group methods, for as long as the
-    actor does not delegate them itself (contract: same names and signatures)."""
-
-    def __init__(self, actor: MetadataActor) -> None:
-        from ray_stream.actors.group_service import GroupService
-
-        self.actor = actor
-        self.groups = GroupService(initial_rebalance_delay_ms=100)
-
-    def __getattr__(self, name: str) -> Any:
-        target = self.groups if name in GROUP_METHODS else self.actor
-        return getattr(target, name)
-
-
-def make_meta(settings: Settings) -> Any:
-    """A real MetadataActor (on ``settings.data_dir``), with group methods available."""
-    actor = MetadataActor(settings)
-    if all(hasattr(actor, name) for name in GROUP_METHODS):
-        return actor
-    return MetaWithGroups(actor)
+def make_meta(settings: Settings) -> MetadataActor:
+    """A real MetadataActor (on ``settings.data_dir``), used directly: no Ray."""
+    return MetadataActor(settings)
 
 
 class FakeBackend:
@@ -345,3 +318,112 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# ------------------------------------------------------------------ handler harness
+class HandlerHarness:
+    """One FakeBackend (peers ``1..brokers-1`` listed too) plus its KafkaHandlers.
+
+    ``call`` builds a request of any version from a plain dict, runs its handler, then
+    encodes and decodes the response, so tests assert what a client would read.
+    Create it inside a running loop (``run_handlers``).
+    """
+
+    def __init__(self, settings: Settings, *, brokers: int = 1) -> None:
+        meta = make_meta(settings)
+        self.backend = FakeBackend(settings, meta, node_id=0)
+        self.backend.address = BrokerInfo(0, "127.0.0.1", 9092)
+        self.backend.peers = [BrokerInfo(i, "127.0.0.1", 9092 + i) for i in range(1, brokers)]
+        self.handlers = KafkaHandlers(self.backend)
+        self.meta = meta
+
+    async def call(self, api_key: int, version: int, values: dict[str, Any]) -> Any:
+        body = build(request_class(api_key, version), values)
+        request = Request(api_key, version, 11, "test-client", body)
+        response = await self.handlers.handle(request, client_host="/127.0.0.1")
+        if response is None:
+            return None
+        correlation_id, decoded = decode_response(
+            api_key, version, encode_response(request, response)[4:]
+        )
+        assert correlation_id == 11
+        return decoded
+
+    async def produce(
+        self, topic: str, partition: int, records: bytes, *, version: int = 9, acks: int = -1
+    ) -> Any:
+        response = await self.call(
+            ApiKey.PRODUCE,
+            version,
+            {
+                "transactional_id": None,
+                "acks": acks,
+                "timeout": 5000,
+                "topic_data": [
+                    {"name": topic, "partition_data": [{"index": partition, "records": records}]}
+                ],
+            },
+        )
+        return None if response is None else response.responses[0].partition_responses[0]
+
+    async def fetch(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        *,
+        version: int = 11,
+        max_wait_ms: int = 0,
+        min_bytes: int = 1,
+    ) -> Any:
+        response = await self.call(
+            ApiKey.FETCH, version, fetch_request(topic, partition, offset, max_wait_ms, min_bytes)
+        )
+        return response.responses[0].partitions[0]
+
+
+def fetch_request(
+    topic: Any, partition: int, offset: int, max_wait_ms: int, min_bytes: int
+) -> dict[str, Any]:
+    return {
+        "replica_id": -1,
+        "max_wait": max_wait_ms,
+        "min_bytes": min_bytes,
+        "max_bytes": 1 << 20,
+        "isolation_level": 0,
+        "session_id": 0,
+        "session_epoch": -1,
+        "topics": [
+            {
+                "topic": topic,
+                "topic_id": topic,
+                "partitions": [
+                    {
+                        "partition": partition,
+                        "current_leader_epoch": -1,
+                        "fetch_offset": offset,
+                        "last_fetched_epoch": -1,
+                        "log_start_offset": -1,
+                        "partition_max_bytes": 1 << 20,
+                    }
+                ],
+            }
+        ],
+        "forgotten_topics_data": [],
+        "rack_id": "",
+    }
+
+
+def run_handlers(
+    settings: Settings, scenario: Callable[[HandlerHarness], Awaitable[Any]], *, brokers: int = 1
+) -> Any:
+    """Run ``scenario(harness)`` in a fresh event loop and return its result."""
+
+    async def main() -> Any:
+        harness = HandlerHarness(settings, brokers=brokers)
+        try:
+            return await scenario(harness)
+        finally:
+            await harness.meta.close()
+
+    return asyncio.run(main())

@@ -21,7 +21,7 @@ from kio.schema.errors import ErrorCode
 from ray_stream.core.types import CommittedOffset
 from ray_stream.errors import Unavailable
 from ray_stream.kafka.admin_handlers import NO_AUTHORIZED_OPERATIONS
-from ray_stream.kafka.errors_map import error_code, error_message, group_error_code, note_unexpected
+from ray_stream.kafka.errors_map import error_code, group_error_code, note_unexpected
 from ray_stream.kafka.protocol import Request
 from ray_stream.kafka.versions import ApiKey
 
@@ -335,7 +335,7 @@ def _ms(value: Any, default: int = 0) -> int:
 def _dead_group(group_id: str, code: ErrorCode) -> dict[str, Any]:
     return {
         "error_code": code,
-        "error_message": error_message(None),
+        "error_message": None,
         "group_id": group_id,
         "group_state": "Dead",
         "protocol_type": "",

@@ -123,9 +123,17 @@ class KafkaHandlers:
                 return broker
         return None
 
-    def remember_topics(self, topics: Sequence[TopicInfo]) -> None:
-        for topic in topics:
-            self._names_by_id[topic.topic_id] = topic.name
+    def remember_topics(self, topics: Sequence[TopicInfo], *, complete: bool = False) -> None:
+        """Cache topic id -> name (Fetch v13+ addresses topics by id only).
+
+        ``complete=True`` (a full ``list_topics``) replaces the cache, so ids of topics
+        deleted through other agents disappear at the next Metadata request here; in
+        between, a stale id is still resolved and the backend answers for the name.
+        """
+        if complete:
+            self._names_by_id = {t.topic_id: t.name for t in topics}
+        else:
+            self._names_by_id.update((t.topic_id, t.name) for t in topics)
 
     def forget_topic(self, topic_id: str) -> None:
         self._names_by_id.pop(topic_id, None)
@@ -134,7 +142,7 @@ class KafkaHandlers:
         """The name of the topic with this kio UUID, or None if unknown."""
         key = topic_id.hex if topic_id is not None else ""
         if key not in self._names_by_id:
-            self.remember_topics(await self.meta.list_topics())
+            self.remember_topics(await self.meta.list_topics(), complete=True)
         return self._names_by_id.get(key)
 
     # ------------------------------------------------------------- ApiVersions
@@ -146,7 +154,7 @@ class KafkaHandlers:
         body, version = request.body, request.api_version
         brokers = sorted(await self.backend.brokers(), key=lambda b: b.node_id)
         topics = await self.meta.list_topics()
-        self.remember_topics(topics)
+        self.remember_topics(topics, complete=True)
         by_name = {t.name: t for t in topics}
         by_id = {t.topic_id: t for t in topics}
         wanted = body.topics

@@ -14,8 +14,10 @@ what librdkafka 2.x, kafka-python 3, aiokafka 0.14 and the Java 3.x client send:
   switches to topic ids; we serve no transactions.
 - Fetch 17 (Java 3.9; librdkafka asks 16): v13+ address topics by id (``TopicInfo.topic_id``);
   v18 only adds a replication-only tagged field.
-- ListOffsets 8: timestamps -1 latest, -2 earliest, -3 max timestamp (v7), -4 earliest
-  local (v8; everything is "local" here); v9+ add tiered-storage sentinels.
+- ListOffsets 8: timestamps -1 latest, -2 earliest, -3 max timestamp (v7; answered with
+  the newest batch's last offset and max timestamp), -4 earliest local (v8; everything
+  is "local" here); v9+ add tiered-storage sentinels. Lookups by time are at batch
+  granularity (the metadata sequencer indexes batches, not records).
 - Metadata 12: v13 adds a REBOOTSTRAP_REQUIRED top-level error (Kafka 4).
 - OffsetCommit 9 / OffsetFetch 9: v10 switch to topic ids.
 - FindCoordinator 5: v6 adds share groups. InitProducerId 5: v6 is two-phase commit.

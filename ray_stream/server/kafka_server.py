@@ -15,9 +15,12 @@ Rules:
    prefix over ``max_request_bytes``, an unknown API key or an unserved version, or a
    handler bug: log it, answer what is already due, close that connection. Nothing
    raised in one connection reaches the listener or another connection.
-3. At most ``MAX_IN_FLIGHT`` requests per connection are being handled; beyond that
-   the connection is not read (TCP back-pressure), so a client cannot make us buffer
-   without bound.
+3. **Bounded memory per connection.** At most ``MAX_IN_FLIGHT`` requests, holding at
+   most ``MAX_IN_FLIGHT_BYTES`` of request frames (or one frame, however large), are
+   being handled at once; beyond that the connection is not read (TCP back-pressure).
+4. When the client goes away (EOF), its unanswered requests are dropped (a long poll
+   is cancelled), as Kafka drops them, except produce requests: they run to completion,
+   because an acks=0 producer already counts them as sent.
 """
 
 from __future__ import annotations
@@ -38,15 +41,17 @@ from ray_stream.kafka.protocol import (
 )
 from ray_stream.kafka.versions import ApiKey
 
-__all__ = ["MAX_IN_FLIGHT", "start_kafka_server"]
+__all__ = ["MAX_IN_FLIGHT", "MAX_IN_FLIGHT_BYTES", "start_kafka_server"]
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 READ_BYTES = 1024 * 1024
 _STREAM_LIMIT = 4 * 1024 * 1024  # StreamReader buffer before it pauses the socket
 
-_Work = tuple[Request, "asyncio.Task[Any] | bytes"]
+# (request, its handler task or ready answer, frame size)
+_Work = tuple[Request, "asyncio.Task[Any] | bytes", int]
 
 
 async def start_kafka_server(
@@ -98,6 +103,8 @@ class _Connection:
         self._client_host = "/" + (peer[0] if isinstance(peer, tuple) else str(peer))
         self._aborted = False
         self._current: _Work | None = None  # the request whose answer is awaited
+        self._inflight_bytes = 0
+        self._space = asyncio.Event()  # set whenever in-flight bytes went down
 
     async def run(self) -> None:
         writing = asyncio.create_task(self._write_loop())
@@ -131,29 +138,48 @@ class _Connection:
             self._decoder.receive_data(data)
             try:
                 while not self._aborted and (frame := self._decoder.next_frame()) is not None:
-                    await self._queue.put(self._start(parse_request(frame)))
+                    request = parse_request(frame)
+                    await self._reserve(len(frame))
+                    if self._aborted:
+                        break
+                    await self._queue.put(self._start(request, len(frame)))
             except RayStreamError as exc:
                 log.warning("kafka client %s sent bad input, closing: %s", self.peer, exc)
                 return True
         return False
 
-    def _start(self, request: Request) -> _Work:
+    async def _reserve(self, size: int) -> None:
+        """Wait until ``size`` more frame bytes fit the budget (one frame always fits)."""
+        while self._inflight_bytes and self._inflight_bytes + size > MAX_IN_FLIGHT_BYTES:
+            if self._aborted:
+                return
+            self._space.clear()
+            await self._space.wait()
+        self._inflight_bytes += size
+
+    def _release(self, size: int) -> None:
+        self._inflight_bytes -= size
+        self._space.set()
+
+    def _start(self, request: Request, size: int) -> _Work:
         if request.body is None:  # an ApiVersions version we do not serve
-            return request, api_versions_fallback(request)
+            return request, api_versions_fallback(request), size
         task = asyncio.create_task(self._handlers.handle(request, client_host=self._client_host))
-        return request, task
+        return request, task, size
 
     async def _write_loop(self) -> None:
         while (work := await self._queue.get()) is not None:
-            request, pending = work
+            request, pending, size = work
             if isinstance(pending, bytes):
                 data = pending
             else:
                 try:
                     self._current = work
-                    # shield: cancelling this loop must not cancel a produce (see below)
+                    # shield: cancelling this loop must not cancel a produce (rule 4)
                     body = await asyncio.shield(pending)
                     self._current = None
+                    self._release(size)
+                    size = 0
                     if body is None:  # acks=0 produce: no response
                         continue
                     data = encode_response(request, body)
@@ -167,6 +193,7 @@ class _Connection:
                     )
                     self._abort()
                     return
+            self._release(size)
             try:
                 self._writer.write(data)
                 await self._writer.drain()
@@ -177,6 +204,7 @@ class _Connection:
     def _abort(self) -> None:
         """Stop reading too: the reader's next ``read`` sees the closed transport."""
         self._aborted = True
+        self._space.set()
         self._writer.transport.abort()
         self._cancel_queued()
 

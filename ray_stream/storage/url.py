@@ -9,23 +9,31 @@ Accepted forms:
   filesystem path — a ``LocalStore`` on that directory (created if missing).
 * ``s3://bucket/prefix?endpoint_url=http://127.0.0.1:PORT&region=us-east-1&create_bucket=true``
   — an ``S3Store``; boto3 is imported only for this scheme.
+* ``faulty+<any url above>[#spec]`` — that store wrapped in a ``FaultyStore`` (fault
+  injection for tests and the chaos harness). The optional fragment is an initial fault
+  spec in query form, e.g. ``faulty+file:///tmp/x#seed=7&put_rate_before=0.1``
+  (``seed`` seeds the fault RNG; every other key is passed to ``FaultyStore.configure``).
+  Each process opening the URL gets its own wrapper; actors change theirs at run time
+  through ``inject_faults``.
 
 Anything else is ``InvalidConfig`` naming the URL and the accepted schemes.
 """
 
 from __future__ import annotations
 
+import random
 import threading
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ray_stream.errors import InvalidConfig
 from ray_stream.storage.base import ObjectStore
 from ray_stream.storage.local import LocalStore
 from ray_stream.storage.memory import MemoryStore
 
-__all__ = ["SCHEMES", "open_store"]
+__all__ = ["FAULTY_PREFIX", "SCHEMES", "inner_url", "open_store"]
 
-SCHEMES = ("memory://", "file://", "s3://")
+SCHEMES = ("memory://", "file://", "s3://", "faulty+")
+FAULTY_PREFIX = "faulty+"
 
 _named_memory: dict[str, MemoryStore] = {}
 _named_memory_lock = threading.Lock()
@@ -46,6 +54,8 @@ def open_store(url: str) -> ObjectStore:
     """
     if not isinstance(url, str) or not url.strip():
         raise InvalidConfig(f"object store url {url!r} is empty; accepted schemes: {SCHEMES}")
+    if url.startswith(FAULTY_PREFIX):
+        return _open_faulty(url)
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         return _open_memory(url)
@@ -82,3 +92,42 @@ def _file_path(url: str) -> str:
     if not path:
         raise InvalidConfig(f"object store url {url!r} names no directory (file:///abs/dir)")
     return path
+
+
+def inner_url(url: str) -> str:
+    """The URL under a ``faulty+`` wrapper (without its spec fragment); others unchanged."""
+    if not url.startswith(FAULTY_PREFIX):
+        return url
+    return url[len(FAULTY_PREFIX) :].split("#", 1)[0]
+
+
+def _open_faulty(url: str) -> ObjectStore:
+    from ray_stream.storage.faults import FaultyStore
+
+    inner = inner_url(url)
+    if not inner or inner.startswith(FAULTY_PREFIX):
+        raise InvalidConfig(f"object store url {url!r}: 'faulty+' must wrap one store url")
+    spec, seed = _fault_spec(url)
+    store = FaultyStore(open_store(inner), rng=random.Random(seed), url=url)
+    if spec:
+        store.configure(spec)
+    return store
+
+
+def _fault_spec(url: str) -> tuple[dict[str, object], int | None]:
+    """The ``#k=v&...`` fragment of a faulty+ URL as a configure() spec, plus the seed."""
+    fragment = url.split("#", 1)[1] if "#" in url else ""
+    spec: dict[str, object] = {}
+    seed: int | None = None
+    for key, raw in parse_qsl(fragment, keep_blank_values=True):
+        try:
+            value: object = float(raw) if "." in raw or "e" in raw.lower() else int(raw)
+        except ValueError:
+            value = raw
+        if key == "seed":
+            if not isinstance(value, int):
+                raise InvalidConfig(f"object store url {url!r}: seed must be an int, got {raw!r}")
+            seed = value
+        else:
+            spec[key] = value
+    return spec, seed

@@ -386,3 +386,138 @@ def test_server_confluent_acks_zero(cluster, topic):
     assert producer.flush(20) == 0
     got = _consume_confluent(cluster.bootstrap, topic, 3, 50)
     assert sorted(m.value() for m in got) == sorted(b"a0-%d" % i for i in range(50))
+
+
+class _SinkWriter:
+    """Stands in for a StreamWriter: collects what the server writes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.transport = self
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 5555) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+
+def test_server_produce_that_arrives_together_with_eof_still_runs(tmp_path):
+    """Bytes and EOF in one read: the handler task has not started when EOF is seen."""
+    from ray_stream.core.types import BrokerInfo
+    from ray_stream.kafka.handlers import KafkaHandlers
+    from ray_stream.kafka.records import Record, encode_batch
+    from ray_stream.server.kafka_server import _Connection
+    from tests.fakes import FakeBackend, make_meta
+
+    settings = Settings(data_dir=str(tmp_path))
+
+    async def scenario() -> tuple[int, int]:
+        backend = FakeBackend(settings, make_meta(settings))
+        backend.address = BrokerInfo(0, "127.0.0.1", 9092)
+        await backend.meta.create_topic("t", 1)
+        produce = {
+            "transactional_id": None,
+            "acks": 0,
+            "timeout": 5000,
+            "topic_data": [
+                {
+                    "name": "t",
+                    "partition_data": [
+                        {"index": 0, "records": encode_batch([Record(b"x")], now_ms=1)}
+                    ],
+                }
+            ],
+        }
+        reader = asyncio.StreamReader()
+        reader.feed_data(encode_request(ApiKey.PRODUCE, 7, produce) + _api_versions(2))
+        reader.feed_eof()
+        sink = _SinkWriter()
+        connection = _Connection(KafkaHandlers(backend), reader, sink, max_frame_bytes=1 << 20)  # type: ignore[arg-type]
+        await connection.run()
+        for _ in range(200):
+            if (await backend.meta.list_offset("t", 0, -1))[0] == 1:
+                break
+            await asyncio.sleep(0.01)
+        latest = (await backend.meta.list_offset("t", 0, -1))[0]
+        await backend.meta.close()
+        return latest, len(sink.data)
+
+    latest, written = asyncio.run(scenario())
+    assert latest == 1  # the acks=0 produce was not cancelled with the connection
+    assert written == 0  # the client left: the ApiVersions answer was dropped, not sent
+
+
+def test_server_bounds_the_request_bytes_in_flight_per_connection(tmp_path, monkeypatch):
+    from ray_stream.core.types import BrokerInfo
+    from ray_stream.kafka.handlers import KafkaHandlers
+    from ray_stream.kafka.records import Record, encode_batch
+    from ray_stream.server import kafka_server
+    from tests.fakes import FakeBackend, make_meta
+
+    settings = Settings(data_dir=str(tmp_path))
+    records = encode_batch([Record(bytes(1000))], now_ms=1)
+    produce = {
+        "transactional_id": None,
+        "acks": 1,
+        "timeout": 5000,
+        "topic_data": [{"name": "t", "partition_data": [{"index": 0, "records": records}]}],
+    }
+    frames = [encode_request(ApiKey.PRODUCE, 7, produce, correlation_id=i) for i in range(5)]
+    monkeypatch.setattr(kafka_server, "MAX_IN_FLIGHT_BYTES", 2 * len(frames[0]) + 10)
+
+    async def scenario() -> tuple[int, list[int]]:
+        backend = FakeBackend(settings, make_meta(settings))
+        backend.address = BrokerInfo(0, "127.0.0.1", 9092)
+        await backend.meta.create_topic("t", 1)
+        gate, started = asyncio.Event(), []
+        real_produce = backend.produce
+
+        async def gated(entries: Any, acks: int) -> Any:
+            started.append(len(entries))
+            await gate.wait()
+            return await real_produce(entries, acks)
+
+        backend.produce = gated  # type: ignore[method-assign]
+        reader, sink = asyncio.StreamReader(), _SinkWriter()
+        reader.feed_data(b"".join(frames))
+        connection = kafka_server._Connection(
+            KafkaHandlers(backend), reader, sink, max_frame_bytes=1 << 20
+        )  # type: ignore[arg-type]
+        running = asyncio.create_task(connection.run())
+        for _ in range(50):
+            await asyncio.sleep(0)
+        admitted = len(started)
+        gate.set()
+        correlation_ids: list[int] = []
+        for _ in range(500):
+            correlation_ids = _frame_correlation_ids(bytes(sink.data))
+            if len(correlation_ids) == 5:
+                break
+            await asyncio.sleep(0.01)
+        reader.feed_eof()
+        await running
+        await backend.meta.close()
+        return admitted, correlation_ids
+
+    admitted, correlation_ids = asyncio.run(scenario())
+    assert admitted == 2  # the third frame waited for budget
+    assert correlation_ids == [0, 1, 2, 3, 4]
+
+
+def _frame_correlation_ids(data: bytes) -> list[int]:
+    ids, at = [], 0
+    while at + 8 <= len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        ids.append(int.from_bytes(data[at + 4 : at + 8], "big"))
+        at += 4 + size
+    return ids
