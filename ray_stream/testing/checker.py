@@ -225,7 +225,7 @@ def _check_polls(report: _Report, history: History, orders: dict[int, dict[int, 
         last: dict[int, int] = {}
         for event in items:
             if isinstance(event, Assign):
-                last = {p: o for p, o in last.items() if p in event.partitions} if False else {}
+                last = {}  # a fresh assignment: continuity is not tracked across it
                 continue
             per_partition: dict[int, list[int]] = defaultdict(list)
             for p, o, _ in event.records:

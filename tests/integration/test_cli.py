@@ -94,3 +94,12 @@ def test_sigterm_stops_cleanly(started):
     assert proc.returncode == 0, out
     assert "stopped" in out
     assert not (os.path.exists(os.path.join(env["RAY_STREAM_STATE_DIR"], "cluster.json")))
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    env = dict(os.environ, RAY_STREAM_STATE_DIR=str(tmp_path / "state"))
+    r = _cli(env, "demo", "--records", "2000", "--data-dir", str(tmp_path / "demo"), timeout=300)
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()
+    assert "produced 2000 records" in out and "consumed 2000 records" in out
+    assert "demo ok" in out
