@@ -45,6 +45,34 @@ class Settings:
         cache_bytes: per-agent segment cache size.
         namespace: the Ray namespace holding this cluster's named actors (``metadata``,
             ``agent-<n>``); tests run several clusters side by side with distinct ones.
+
+    Metadata durability and recovery (docs/design/0002-metadata-durability.md):
+
+    Attributes:
+        snapshot_every_rounds: write a SQLite snapshot to the object store after this
+            many journal entries. Fewer means more snapshot PUTs (each the size of the
+            whole metadata database); more means a longer journal to replay (one GET per
+            entry, fetched in parallel) when the metadata actor restarts.
+        snapshot_interval_s: also snapshot when this much time passed since the last
+            one and something was journaled since.
+        journal_put_timeout_s: how long one journal write is retried (with backoff) on
+            object-store errors before its commit round fails with StorageUnavailable.
+            The entry then stays "in doubt" and is re-written before the next round.
+        metadata_retry_s: how long agents retry calls to a metadata actor that is
+            restarting (or whose journal write failed) before failing producers with
+            Unavailable. Kafka clients time requests out after 30 s by default.
+        metadata_start_timeout_s: how long a starting metadata actor retries reading
+            the object store before giving up (the actor then dies loudly).
+        segment_put_attempts: attempts (with backoff) for one segment PUT before the
+            producers of that flush get StorageUnavailable.
+        agent_buffer_bytes: produce bytes an agent holds (buffered plus in flight)
+            before it answers new produce requests with Unavailable; 0 means
+            ``4 * flush_bytes``. Bounds agent memory when the object store is slow.
+        orphan_grace_s: a segment object no committed batch references is deleted
+            once its key (ULID) time is older than this. Must exceed the longest time
+            from an agent's PUT to its commit (agents give up after half of it).
+        orphan_sweep_interval_s: how often the metadata actor lists ``segments/`` to
+            delete orphans (one LIST per 1000 objects); 0 disables the sweep.
     """
 
     data_dir: str = DEFAULT_DATA_DIR
@@ -61,6 +89,15 @@ class Settings:
     max_request_bytes: int = 100 * 1024 * 1024
     namespace: str = NAMESPACE
     extra: dict[str, str] = field(default_factory=dict)
+    snapshot_every_rounds: int = 500
+    snapshot_interval_s: float = 300.0
+    journal_put_timeout_s: float = 10.0
+    metadata_retry_s: float = 30.0
+    metadata_start_timeout_s: float = 120.0
+    segment_put_attempts: int = 6
+    agent_buffer_bytes: int = 0
+    orphan_grace_s: float = 600.0
+    orphan_sweep_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -71,6 +108,15 @@ class Settings:
             "kafka_port": -1 <= self.kafka_port <= 65535,
             "default_partitions": self.default_partitions >= 1,
             "cache_bytes": self.cache_bytes >= 0,
+            "snapshot_every_rounds": self.snapshot_every_rounds >= 1,
+            "snapshot_interval_s": self.snapshot_interval_s > 0,
+            "journal_put_timeout_s": self.journal_put_timeout_s >= 0,
+            "metadata_retry_s": self.metadata_retry_s >= 0,
+            "metadata_start_timeout_s": self.metadata_start_timeout_s >= 0,
+            "segment_put_attempts": self.segment_put_attempts >= 1,
+            "agent_buffer_bytes": self.agent_buffer_bytes >= 0,
+            "orphan_grace_s": self.orphan_grace_s > 0,
+            "orphan_sweep_interval_s": self.orphan_sweep_interval_s >= 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -87,6 +133,10 @@ class Settings:
                 return self.object_store
             return "file://" + str(Path(self.object_store).expanduser().resolve())
         return "file://" + str(Path(self.resolved_data_dir) / "objects")
+
+    @property
+    def resolved_agent_buffer_bytes(self) -> int:
+        return self.agent_buffer_bytes or 4 * self.flush_bytes
 
     def with_overrides(self, **kwargs: object) -> Settings:
         clean = {k: v for k, v in kwargs.items() if v is not None}

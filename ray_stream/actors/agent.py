@@ -14,17 +14,34 @@ Invariants: a caller is answered "ok" only after its batch is in a durable metad
 commit; a failed PUT or commit fails every caller of that flush and nothing of that
 flush is visible to readers (the metadata commit is the only thing that makes it so).
 The agent keeps nothing that survives it except its own listener address.
+
+Recovery (docs/design/0002-metadata-durability.md):
+
+- A segment PUT that fails is retried (same key, same bytes: objects are immutable) up
+  to ``segment_put_attempts`` times with backoff.
+- A commit is resent with backoff while the metadata actor restarts, its journal write
+  fails, or an answer comes from an epoch older than one already seen, for at most
+  ``metadata_retry_s`` and never past half of ``orphan_grace_s`` after the segment's
+  key was made (after that the sweep may delete it). Resending is safe:
+  ``commit_with_epoch`` answers an already-committed segment with its original offsets.
+- Buffers are bounded: produce answers Unavailable once buffered plus in-flight bytes
+  would pass ``agent_buffer_bytes``.
+- Ray restarts a dead agent (``max_restarts=-1``) by re-running ``__init__``, which Ray
+  runs inside the actor's event loop: the Kafka listener starts from there, on the same
+  port (for ``kafka_port=-1``: the port the metadata actor saw it register last).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_stream.actors.handles import MetadataProxy, call, get_agent, get_metadata
+from ray_stream.actors.handles import MetadataProxy, call, get_agent
 from ray_stream.clock import SystemClock
 from ray_stream.config import Settings
 from ray_stream.core.lru import ByteLRU
@@ -39,12 +56,14 @@ from ray_stream.core.types import (
 )
 from ray_stream.errors import (
     CorruptData,
+    Fenced,
+    InvalidRequest,
     OffsetOutOfRange,
     RayStreamError,
     RecordTooLarge,
     StorageUnavailable,
-    UnknownTopicOrPartition,
     Unavailable,
+    UnknownTopicOrPartition,
 )
 from ray_stream.kafka.records import BatchHeader, parse_batch_header, set_base_offset, verify_crc
 from ray_stream.storage.url import open_store
@@ -54,6 +73,7 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 16 * 1024 * 1024  # cache unit, as DESIGN.md: one GET per chunk however many readers
 MAX_FLUSHES_IN_FLIGHT = 3  # PUTs overlap; commits still leave in flush order
 BROKERS_TTL_S = 10.0
+PEER_TIMEOUT_S = 2.0  # a restarting peer is left out of the broker list, not waited for
 SESSION_GAP_TIMEOUT_S = 30.0
 
 
@@ -70,7 +90,9 @@ class _Turn:
 class _Pending:
     """One produce call waiting for its flush."""
 
-    entries: list[tuple[int, str, int, bytes, BatchHeader]]  # (result index, topic, partition, bytes, header)
+    entries: list[
+        tuple[int, str, int, bytes, BatchHeader]
+    ]  # (result index, topic, partition, bytes, header)
     results: list[BatchResult | None]
     future: asyncio.Future[list[BatchResult]] | None
 
@@ -88,15 +110,40 @@ class _Stats:
     failures: dict[str, int] = field(default_factory=dict)
 
 
+class _KafkaFront:
+    """The agent as ``KafkaBackend``: its broker id is ``node_id`` there, while the
+    actor's own ``node_id()`` method answers the Ray node (for the chaos harness)."""
+
+    def __init__(self, agent: AgentActor) -> None:
+        self.node_id = agent.index
+        self.settings = agent.settings
+        self.meta = agent.meta
+        self.brokers = agent.brokers
+        self.produce = agent.produce  # bound directly: no extra await before buffering
+        self.fetch = agent.fetch
+
+
 class AgentActor:
     """A stateless agent. See the module docstring for the write and read paths."""
 
-    def __init__(self, settings: Settings, index: int) -> None:
+    def __init__(self, settings: Settings, index: int, *, autostart: bool = True) -> None:
+        """Open the object store; inside an event loop (as under Ray) also ``start()``.
+
+        Args:
+            settings: cluster settings.
+            index: this agent's number (its name is ``agent-<index>``).
+            autostart: start the flusher and Kafka listener from here when a loop runs,
+                so a restarted agent serves again with no manual step.
+        """
         self.settings = settings
         self.index = index
-        self.node_id = index
         self.store = open_store(settings.resolved_object_store)
-        self.meta = MetadataProxy(get_metadata(settings.namespace))
+        ns = settings.namespace
+        self.meta = MetadataProxy(namespace=ns, retry_s=settings.metadata_retry_s)
+        self._meta_once = MetadataProxy(namespace=ns)  # the commit loop retries itself
+        self._epoch = 0  # the highest metadata epoch seen
+        self._inflight_bytes = 0
+        self._start_lock = asyncio.Lock()
         self._clock = SystemClock()
         self._rand = random.Random()
         self._cache = ByteLRU(settings.cache_bytes)
@@ -115,20 +162,64 @@ class AgentActor:
         self._brokers_at = -1e9
         self._stats = _Stats()
         self._sessions: dict[str, _Turn] = {}
+        self._autostart: asyncio.Task[None] | None = None
+        if autostart:
+            try:
+                loop = asyncio.get_running_loop()  # Ray runs an async actor's __init__ in it
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self._autostart = loop.create_task(self._start_quietly())
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> BrokerInfo | None:
-        """Start the flusher and, when configured, the Kafka listener. Idempotent."""
-        self._ensure_loop_state()
-        if self._server is None and self.settings.kafka_port != 0:
-            from ray_stream.server.kafka_server import start_kafka_server
+        """Start the flusher and, when configured, the Kafka listener. Idempotent.
 
-            port = 0 if self.settings.kafka_port == -1 else self.settings.kafka_port + self.index
-            self._server = await start_kafka_server(self, host=self.settings.kafka_host, port=port)
-            bound = self._server.sockets[0].getsockname()
-            self._address = BrokerInfo(node_id=self.index, host=self.settings.kafka_host, port=bound[1])
-        return self._address
+        Raises:
+            OSError: the Kafka port is taken.
+        """
+        async with self._start_lock:
+            self._ensure_loop_state()
+            if self._server is None and self.settings.kafka_port != 0:
+                await self._listen()
+            return self._address
+
+    async def _listen(self) -> None:
+        from ray_stream.server.kafka_server import start_kafka_server
+
+        host = self.settings.kafka_host
+        if self.settings.kafka_port == -1:
+            port = await self._previous_port()
+            try:
+                self._server = await start_kafka_server(_KafkaFront(self), host=host, port=port)
+            except OSError:
+                if port == 0:
+                    raise
+                self._server = await start_kafka_server(_KafkaFront(self), host=host, port=0)
+        else:
+            port = self.settings.kafka_port + self.index
+            self._server = await start_kafka_server(_KafkaFront(self), host=host, port=port)
+        bound = self._server.sockets[0].getsockname()
+        self._address = BrokerInfo(node_id=self.index, host=host, port=bound[1])
+        if self.settings.kafka_port == -1:  # remembered for this agent's next incarnation
+            with contextlib.suppress(Exception):  # best effort: only a later restart needs it
+                register = self._meta_once.register_agent(self.index, self._address)
+                await asyncio.wait_for(register, 5)
+
+    async def _previous_port(self) -> int:
+        """The port this agent's previous incarnation registered (0 if unknown)."""
+        try:
+            info = await asyncio.wait_for(self._meta_once.agent_address(self.index), 2)
+        except Exception:  # no metadata actor (yet): any free port
+            return 0
+        return info.port if info is not None and info.host == self.settings.kafka_host else 0
+
+    async def _start_quietly(self) -> None:
+        try:
+            await self.start()
+        except Exception as exc:  # an explicit start() raises it again for the caller
+            log.warning("agent-%d could not start on its own: %s", self.index, exc)
 
     async def stop(self) -> None:
         """Flush what is buffered, wait for in-flight flushes, close the listener."""
@@ -164,8 +255,9 @@ class AgentActor:
                 info = self._address
             else:
                 try:
-                    info = await call(get_agent(self.settings.namespace, i).kafka_address.remote())
-                except (RayStreamError, Exception) as exc:  # a dead peer is left out, not fatal
+                    peer = get_agent(self.settings.namespace, i)
+                    info = await asyncio.wait_for(call(peer.kafka_address.remote()), PEER_TIMEOUT_S)
+                except Exception as exc:  # a dead or restarting peer is left out, not fatal
                     log.warning("agent-%d not reachable for broker list: %s", i, exc)
                     info = None
             if info is not None:
@@ -188,8 +280,43 @@ class AgentActor:
             "cache_misses": self._cache.misses,
             "cache_bytes": self._cache.size_bytes,
             "pending_bytes": self._pending_bytes,
+            "inflight_bytes": self._inflight_bytes,
+            "metadata_epoch": self._epoch,
             "failures": dict(s.failures),
         }
+
+    async def inject_faults(self, spec: dict[str, Any]) -> dict[str, int]:
+        """Configure this agent's ``FaultyStore`` (chaos testing); returns its counts.
+
+        Raises:
+            InvalidRequest: the object store is not a ``faulty+`` one.
+            InvalidConfig: a bad spec key or value.
+        """
+        store = self._faulty_store()
+        store.configure(spec)
+        return dict(store.counts_dict())
+
+    async def fault_counts(self) -> dict[str, int]:
+        """Faults fired so far by this agent's ``FaultyStore``. Raises InvalidRequest."""
+        return dict(self._faulty_store().counts_dict())
+
+    def _faulty_store(self) -> Any:
+        from ray_stream.storage.faults import FaultyStore
+
+        if not isinstance(self.store, FaultyStore):
+            raise InvalidRequest(
+                f"object store {self.store.url!r} is not fault-injecting (use a 'faulty+' URL)"
+            )
+        return self.store
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+    async def node_id(self) -> str:
+        """The Ray node this agent runs on ('' outside Ray)."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
 
     # ---------------------------------------------------------------- write path
 
@@ -238,7 +365,9 @@ class AgentActor:
                 )
             except TimeoutError:
                 # The predecessor never arrived (its caller died mid-send): move on.
-                log.warning("session %s: call %d gave up waiting for %d", session, seq, turn.next_seq)
+                log.warning(
+                    "session %s: call %d gave up waiting for %d", session, seq, turn.next_seq
+                )
 
     def _next_turn(self, session: str, seq: int) -> None:
         turn = self._sessions.get(session)
@@ -256,7 +385,9 @@ class AgentActor:
             for key in [k for k, t in self._sessions.items() if now - t.last_used > 600]:
                 del self._sessions[key]
 
-    def _produce(self, entries: list[tuple[str, int, bytes]], acks: int) -> asyncio.Future[list[BatchResult]]:
+    def _produce(
+        self, entries: list[tuple[str, int, bytes]], acks: int
+    ) -> asyncio.Future[list[BatchResult]]:
         """Validate and buffer now (synchronously, so buffer order is call order);
         the returned future resolves after the flush."""
         results: list[BatchResult | None] = [None] * len(entries)
@@ -267,29 +398,50 @@ class AgentActor:
                 results[i] = BatchResult(base_offset=-1, error=error)
             else:
                 valid.append((i, topic, partition, bytes(data), error))
+        full = self._buffer_full(sum(len(e[3]) for e in valid))
+        if full is not None:
+            for i, *_ in valid:
+                results[i] = BatchResult(base_offset=-1, error=full)
+            self._count_failure("buffer_full")
+            valid = []
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[BatchResult]] = loop.create_future()
         if not valid:
             done.set_result([r for r in results if r is not None])
             return done
-        future: asyncio.Future[list[BatchResult]] | None = loop.create_future() if acks != 0 else None
+        future: asyncio.Future[list[BatchResult]] | None = (
+            loop.create_future() if acks != 0 else None
+        )
         self._enqueue(_Pending(entries=valid, results=results, future=future))
         if future is None:
             done.set_result([])
             return done
         return future
 
+    def _buffer_full(self, adding: int) -> Unavailable | None:
+        """Unavailable when ``adding`` bytes would pass ``agent_buffer_bytes`` (buffered
+        plus in flight); an empty agent always takes one call, however large."""
+        held = self._pending_bytes + self._inflight_bytes
+        limit = self.settings.resolved_agent_buffer_bytes
+        if held == 0 or held + adding <= limit:
+            return None
+        return Unavailable(
+            f"agent-{self.index} holds {held} bytes of unacknowledged produce data; "
+            f"agent_buffer_bytes={limit}: the object store or metadata is slow, retry"
+        )
+
     def _check_batch(self, data: bytes) -> BatchHeader | Exception:
         if len(data) > self.settings.max_record_bytes:
-            return RecordTooLarge(
-                f"batch of {len(data)} bytes is over max_record_bytes={self.settings.max_record_bytes}"
-            )
+            limit = self.settings.max_record_bytes
+            return RecordTooLarge(f"batch of {len(data)} bytes is over max_record_bytes={limit}")
         try:
             header = parse_batch_header(data)
         except CorruptData as exc:
             return exc
         if header.total_size != len(data):
-            return CorruptData(f"batch length field says {header.total_size} bytes, got {len(data)}")
+            return CorruptData(
+                f"batch length field says {header.total_size} bytes, got {len(data)}"
+            )
         if not verify_crc(data):
             return CorruptData("RecordBatch CRC32C mismatch: the batch was corrupted in transit")
         return header
@@ -306,7 +458,8 @@ class AgentActor:
         self._wakeup.set()
 
     async def _flush_loop(self) -> None:
-        assert self._wakeup is not None and self._flush_slots is not None
+        assert self._wakeup is not None
+        assert self._flush_slots is not None
         while True:
             self._wakeup.clear()
             if not self._pending:
@@ -314,17 +467,18 @@ class AgentActor:
                 continue
             wait_s = self._deadline - self._clock.monotonic_s()
             if self._pending_bytes < self.settings.flush_bytes and wait_s > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), wait_s)
-                except TimeoutError:
-                    pass
                 continue
             await self._flush_slots.acquire()
-            pendings, self._pending, self._pending_bytes = self._pending, [], 0
+            pendings, moved = self._pending, self._pending_bytes
+            self._pending, self._pending_bytes = [], 0
+            self._inflight_bytes += moved
             previous = self._last_commit
-            committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            committed: asyncio.Future[None] = loop.create_future()
             self._last_commit = committed
-            task = asyncio.get_running_loop().create_task(self._flush(pendings, previous, committed))
+            task = loop.create_task(self._flush(pendings, previous, committed, moved))
             self._flush_tasks.add(task)
             task.add_done_callback(self._flush_tasks.discard)
 
@@ -333,6 +487,7 @@ class AgentActor:
         pendings: list[_Pending],
         previous: asyncio.Future[None] | None,
         committed: asyncio.Future[None],
+        size: int,
     ) -> None:
         assert self._flush_slots is not None
         try:
@@ -344,6 +499,7 @@ class AgentActor:
             if not committed.done():
                 committed.set_result(None)
             self._flush_slots.release()
+            self._inflight_bytes -= size
         self._answer(pendings, outcome)
 
     async def _write_and_commit(
@@ -366,13 +522,14 @@ class AgentActor:
         ]
         body, positions = await asyncio.to_thread(build_segment, seg)
         key = new_segment_key(self._clock.now_ms(), self._rand)
-        try:
-            await asyncio.to_thread(self.store.put, key, body)
-        except Exception as exc:
-            self._count_failure("put")
+        # After half the orphan grace the sweep may delete an uncommitted segment: never
+        # commit it past that point (the metadata actor refuses it too).
+        give_up = self._clock.monotonic_s() + self.settings.orphan_grace_s / 2
+        failed = await self._put_segment(key, body)
+        if failed is not None:
             if previous is not None:
                 await previous
-            return StorageUnavailable(f"segment PUT of {len(body)} bytes to {key} failed: {exc}")
+            return failed
         self._stats.puts += 1
         self._stats.put_bytes += len(body)
         self._stats.flushes += 1
@@ -398,14 +555,63 @@ class AgentActor:
         )
         if previous is not None:
             await previous  # commits leave in flush order
-        try:
-            return list(await self.meta.commit(request))
-        except RayStreamError as exc:
+        return await self._commit(request, give_up=give_up)
+
+    async def _put_segment(self, key: str, body: bytes) -> Exception | None:
+        """PUT with retries (same key and bytes: a repeat is harmless); the error if all
+        ``segment_put_attempts`` failed, else None."""
+        delay = 0.1
+        for attempt in range(1, self.settings.segment_put_attempts + 1):
+            try:
+                await asyncio.to_thread(self.store.put, key, body)
+                return None
+            except StorageUnavailable as exc:
+                self._count_failure("put")
+                if attempt == self.settings.segment_put_attempts:
+                    return StorageUnavailable(
+                        f"segment PUT of {len(body)} bytes to {key} failed {attempt} times: {exc}"
+                    )
+                log.warning("segment PUT %s failed (attempt %d), retrying: %s", key, attempt, exc)
+            except Exception as exc:  # a bad key or configuration: retrying cannot help
+                self._count_failure("put")
+                return StorageUnavailable(
+                    f"segment PUT of {len(body)} bytes to {key} failed: {exc}"
+                )
+            await asyncio.sleep(delay * (0.5 + self._rand.random()))
+            delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    async def _commit(
+        self, request: CommitRequest, *, give_up: float
+    ) -> list[BatchResult] | Exception:
+        """Commit, resending while the metadata actor is away or in trouble (see module doc).
+
+        Returns the results, or the error to answer every caller of the flush with.
+        """
+        deadline = min(give_up, self._clock.monotonic_s() + self.settings.metadata_retry_s)
+        delay = 0.05
+        while True:
+            try:
+                results, epoch = await self._meta_once.commit_with_epoch(request)
+                if epoch >= self._epoch:
+                    self._epoch = epoch
+                    return list(results)
+                error: Exception = Unavailable(
+                    f"answer from metadata epoch {epoch}, older than epoch {self._epoch}"
+                )
+            except (Unavailable, Fenced) as exc:  # includes StorageUnavailable: resend
+                error = exc
+            except RayStreamError as exc:
+                self._count_failure("commit")
+                return exc
+            except Exception as exc:  # an unexpected Ray error: the outcome is unknown
+                error = Unavailable(f"metadata commit failed: {exc!r}")
             self._count_failure("commit")
-            return exc
-        except Exception as exc:
-            self._count_failure("commit")
-            return Unavailable(f"metadata commit failed: {exc}")
+            if self._clock.monotonic_s() + delay > deadline:
+                return Unavailable(f"commit of {request.segment_key} gave up: {error}")
+            log.warning("commit of %s failed, resending: %s", request.segment_key, error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _answer(self, pendings: list[_Pending], outcome: list[BatchResult] | Exception) -> None:
         cursor = 0
@@ -504,7 +710,9 @@ class AgentActor:
             pieces.append(chunk[max(start, base) - base : min(end, base + CHUNK_BYTES) - base])
         data = b"".join(pieces)
         if len(data) != length:
-            raise StorageUnavailable(f"object {key} is shorter than the committed range {start}+{length}")
+            raise StorageUnavailable(
+                f"object {key} is shorter than the committed range {start}+{length}"
+            )
         return data
 
     async def _chunk(self, key: str, index: int) -> bytes:
@@ -517,7 +725,9 @@ class AgentActor:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight_gets[(key, index)] = future
         try:
-            data = await asyncio.to_thread(self.store.get_range, key, index * CHUNK_BYTES, CHUNK_BYTES)
+            data = await asyncio.to_thread(
+                self.store.get_range, key, index * CHUNK_BYTES, CHUNK_BYTES
+            )
             self._stats.gets += 1
             self._stats.get_bytes += len(data)
             self._cache.put((key, index), data)
@@ -532,5 +742,5 @@ class AgentActor:
 
     def _cache_object(self, key: str, body: bytes) -> None:
         """Write-through: readers of fresh data hit the agent that wrote it."""
-        for index in range(0, max(1, (len(body) + CHUNK_BYTES - 1) // CHUNK_BYTES)):
+        for index in range(max(1, (len(body) + CHUNK_BYTES - 1) // CHUNK_BYTES)):
             self._cache.put((key, index), body[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES])

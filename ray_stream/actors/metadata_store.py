@@ -1,8 +1,14 @@
-"""SQLite persistence of the metadata sequencer, through sqlite-utils.
+"""The metadata sequencer's local SQLite copy, through sqlite-utils.
 
-One file, ``<settings.resolved_data_dir>/metadata.sqlite``, in WAL mode with
-``synchronous=FULL``: a commit returns only after the WAL is fsynced, so a write that
-``persist`` returned from survives a process or machine crash.
+The object store is the source of truth (docs/design/0002-metadata-durability.md):
+``actors/object_journal.py`` writes one create-only journal entry per commit round and
+periodic snapshots, and rebuilds the state at start-up. ``MetadataStore`` is the SQLite file
+(through sqlite-utils) that mirrors the state for one *incarnation* of the metadata
+actor: ``<data_dir>/metadata/<epoch>.sqlite``, rebuilt from the object store at every
+start (so two incarnations never share a file, even on one filesystem), and the source
+of snapshots (SQLite's backup API). Because it is rebuilt, the actor opens it with
+``synchronous=OFF``; a pre-journal data dir's ``<data_dir>/metadata.sqlite`` (FULL) is
+imported once as the first snapshot.
 
 Tables (column names avoid SQL keywords: ``partition_index``, ``group_id``,
 ``committed_offset``):
@@ -14,7 +20,8 @@ Tables (column names avoid SQL keywords: ``partition_index``, ``group_id``,
 - ``producers(producer_id, topic, partition_index, epoch, batches JSON)``
 - ``transactional_ids(transactional_id PK, producer_id, epoch)``
 - ``group_offsets(group_id, topic, partition_index, committed_offset, metadata, leader_epoch)``
-- ``meta(key PK, value)``: ``next_producer_id``, ``schema_version``
+- ``meta(key PK, value)``: ``next_producer_id``, ``schema_version``; in snapshot copies
+  also ``journal_index`` and ``epoch`` (the position the snapshot holds)
 
 Invariant: the tables hold exactly the rows of every ``Changes`` persisted so far, so
 ``load()`` rebuilds the sequencer the actor had. ``persist`` writes one ``Changes`` in one
@@ -24,9 +31,12 @@ used from worker threads (``asyncio.to_thread``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 
 import sqlite_utils
@@ -43,10 +53,12 @@ from ray_stream.core.sequencer import (
     TransactionalRow,
 )
 from ray_stream.core.types import BatchRef, CommittedOffset, TopicInfo
-from ray_stream.errors import StorageUnavailable
+from ray_stream.errors import CorruptData, StorageUnavailable
 
 SCHEMA_VERSION = 1
-FILE_NAME = "metadata.sqlite"
+FILE_NAME = "metadata.sqlite"  # the pre-journal (legacy) database
+CACHE_DIR = "metadata"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...] | None]] = {
     "topics": ({"name": str, "topic_id": str, "partitions": int, "config": str}, "name"),
@@ -95,8 +107,12 @@ _PER_TOPIC = ("topics", "partitions", "batches", "producers", "group_offsets")
 class MetadataStore:
     """The SQLite file behind the metadata actor."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
         """Open (creating if needed) the database at ``path``.
+
+        Args:
+            synchronous: SQLite's ``synchronous`` pragma: ``FULL`` when this file is the
+                only copy, ``OFF`` for a cache the object store can rebuild.
 
         Raises:
             StorageUnavailable: the file cannot be opened or initialised.
@@ -107,14 +123,23 @@ class MetadataStore:
             conn = sqlite3.connect(self.path, check_same_thread=False)
             self._db = sqlite_utils.Database(conn)
             self._db.enable_wal()
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._create_tables()
         except (sqlite3.Error, OSError) as exc:
             raise StorageUnavailable(f"cannot open metadata database {self.path}: {exc}") from exc
 
     @classmethod
     def open(cls, settings: Settings) -> MetadataStore:
-        """The store at ``<settings.resolved_data_dir>/metadata.sqlite``."""
+        """The newest local copy: the latest incarnation's cache, else the legacy file.
+
+        For inspection and tools; the metadata actor itself rebuilds its cache from the
+        object store (``ObjectJournal.recover``).
+        """
+        caches = sorted(
+            p for p in cache_dir(settings).glob("*.sqlite") if cache_epoch(p) is not None
+        )
+        if caches:
+            return cls(caches[-1])
         data_dir = Path(settings.resolved_data_dir)
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +171,58 @@ class MetadataStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # ------------------------------------------------------------- snapshots
+    def snapshot_bytes(self, *, journal_index: int, epoch: int) -> bytes:
+        """A consistent copy of the database (SQLite backup API) that records the journal
+        position it holds, as one self-contained file's bytes (rollback journal, no WAL).
+
+        Raises:
+            StorageUnavailable: the copy could not be made.
+        """
+        tmp = f"{self.path}.snapshot-{uuid.uuid4().hex}"
+        try:
+            target = sqlite3.connect(tmp)
+            try:
+                with self._lock:
+                    self._db.conn.backup(target)
+                target.execute("PRAGMA journal_mode=DELETE")
+                with target:
+                    target.executemany(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        [("journal_index", str(journal_index)), ("epoch", str(epoch))],
+                    )
+            finally:
+                target.close()
+            return Path(tmp).read_bytes()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageUnavailable(f"snapshot of {self.path} failed: {exc}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    @staticmethod
+    def check_snapshot(path: str | Path) -> tuple[int, int]:
+        """Verify a downloaded snapshot file; returns its ``(journal_index, epoch)``.
+
+        Raises:
+            CorruptData: not a SQLite file, fails ``quick_check``, or has no position.
+        """
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                    raise CorruptData(f"snapshot {path} is not a SQLite database")
+            conn = sqlite3.connect(str(path))
+            try:
+                (check,) = conn.execute("PRAGMA quick_check").fetchone()
+                rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            finally:
+                conn.close()
+            if check != "ok":
+                raise CorruptData(f"snapshot {path} fails quick_check: {check}")
+            return int(rows["journal_index"]), int(rows["epoch"])
+        except (sqlite3.Error, OSError, KeyError, ValueError) as exc:
+            raise CorruptData(f"snapshot {path} is unreadable: {exc!r}") from exc
 
     # ------------------------------------------------------------------ load
     def load(self) -> Sequencer:
@@ -319,3 +396,20 @@ def _encode_state(state: ProducerState) -> str:
 
 def _decode_state(epoch: int, blob: str) -> ProducerState:
     return ProducerState(epoch, tuple((int(a), int(b), int(c)) for a, b, c in json.loads(blob)))
+
+
+# ------------------------------------------------------------- local cache files
+def cache_dir(settings: Settings) -> Path:
+    """``<data_dir>/metadata``: one SQLite cache per incarnation, named by its epoch."""
+    return Path(settings.resolved_data_dir) / CACHE_DIR
+
+
+def cache_epoch(path: Path) -> int | None:
+    stem = path.name.split(".", 1)[0]
+    return int(stem) if stem.isdigit() else None
+
+
+def remove_db_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")

@@ -23,6 +23,9 @@ Invariants:
 - offsets are assigned in commit order (request order, then entry order);
 - a retried idempotent batch (same producer id, epoch and base sequence as one of the
   last ``REMEMBERED_BATCHES``) gets its original offset back and adds nothing;
+- a request marked as a possible resend (``plan_commits(retries=...)``) whose batch is
+  already committed from the same segment key and position gets its original offset
+  back and adds nothing (segment objects are immutable, so key + position is identity);
 - the reference count of a segment key is the number of batch refs naming it.
 
 Never: do I/O, read clocks, or generate ids (the shell passes ``topic_id`` in).
@@ -264,6 +267,26 @@ class Sequencer:
             return dict(offsets)
         return {tp: offsets[tp] for tp in partitions if tp in offsets}
 
+    def find_batch(
+        self, topic: str, partition: int, segment_key: str, position: int
+    ) -> BatchRef | None:
+        """The committed batch read from ``segment_key`` at ``position`` in a partition.
+
+        Scans the partition backwards (a retry names a recent batch), and only when the
+        segment is referenced at all, so unknown keys cost one dict lookup.
+        """
+        part = self._find_partition(topic, partition)
+        if part is None or segment_key not in self._segments:
+            return None
+        for ref in reversed(part.refs):
+            if ref.segment_key == segment_key and ref.position == position:
+                return ref
+        return None
+
+    def is_referenced(self, segment_key: str) -> bool:
+        """Whether some committed batch ref names ``segment_key``."""
+        return segment_key in self._segments
+
     def referenced_segments(self) -> frozenset[str]:
         """Segment keys named by at least one batch ref (anything else is an orphan)."""
         return frozenset(self._segments)
@@ -327,15 +350,26 @@ class Sequencer:
         )
 
     def plan_commits(
-        self, requests: Sequence[CommitRequest]
+        self, requests: Sequence[CommitRequest], *, retries: Sequence[bool] | None = None
     ) -> tuple[list[list[BatchResult]], Changes]:
         """Assign offsets to every batch of a group-commit round.
 
         Returns one ``BatchResult`` list per request (in entry order) and the rows to
         persist. Failed or duplicate entries produce no rows.
+
+        ``retries[i]`` marks request ``i`` as possibly resent after an ambiguous failure:
+        its segment key names one immutable object, so an entry already committed from
+        that key (same partition and position, earlier or in this round) is answered
+        with its original offset and ``duplicate=True`` instead of being appended twice.
         """
+        flags = list(retries) if retries is not None else [False] * len(requests)
+        if len(flags) != len(requests):
+            raise InternalError(f"{len(flags)} retry flags for {len(requests)} requests")
         round_ = _Round(self)
-        results = [[round_.add(r.segment_key, e) for e in r.batches] for r in requests]
+        results = [
+            [round_.add(r.segment_key, e, retry=flag) for e in r.batches]
+            for r, flag in zip(requests, flags, strict=True)
+        ]
         return results, round_.changes()
 
     def plan_commit_offsets(
@@ -487,14 +521,19 @@ class _Round:
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._producers: dict[tuple[int, str, int], ProducerState] = {}
         self._batches: list[BatchRow] = []
+        self._placed: dict[tuple[str, str, int, int], int] = {}  # (key, t, p, pos) -> base
 
-    def add(self, segment_key: str, entry: BatchEntry) -> BatchResult:
+    def add(self, segment_key: str, entry: BatchEntry, *, retry: bool = False) -> BatchResult:
         part = self._seq._find_partition(entry.topic, entry.partition)
         if part is None:
             error = UnknownTopicOrPartition(
                 f"unknown topic or partition {entry.topic!r}-{entry.partition!r}"
             )
             return BatchResult(-1, error)
+        if retry:
+            base = self._already_committed(segment_key, entry)
+            if base is not None:
+                return BatchResult(base, None, True, part.log_start_offset)
         tp = (entry.topic, entry.partition)
         base = self._ends.get(tp, part.high_watermark)
         try:
@@ -516,7 +555,15 @@ class _Round:
             entry.max_timestamp,
         )
         self._batches.append(BatchRow(entry.topic, entry.partition, ref))
+        self._placed[(segment_key, entry.topic, entry.partition, entry.position)] = base
         return BatchResult(base, None, False, part.log_start_offset)
+
+    def _already_committed(self, segment_key: str, entry: BatchEntry) -> int | None:
+        placed = self._placed.get((segment_key, entry.topic, entry.partition, entry.position))
+        if placed is not None:
+            return placed
+        ref = self._seq.find_batch(entry.topic, entry.partition, segment_key, entry.position)
+        return None if ref is None else ref.base_offset
 
     def _sequence(self, entry: BatchEntry, base: int) -> int | None:
         """Check an idempotent batch; returns the original offset of a duplicate."""
@@ -537,6 +584,35 @@ class _Round:
         )
         producers = tuple(ProducerRow(k[0], k[1], k[2], s) for k, s in self._producers.items())
         return Changes(partitions=parts, batches=tuple(self._batches), producers=producers)
+
+
+def merge_changes(parts: Sequence[Changes]) -> Changes:
+    """Concatenate the rows of several ``Changes`` planned against the same state.
+
+    For rounds that combine independent plans (batch commits and group-offset commits):
+    upserts keep their order, so a later row for the same key wins, as it would had the
+    parts been applied one after another. Deletions are only allowed in the first part
+    (``apply`` runs them before any upsert).
+
+    Raises:
+        InternalError: a part after the first carries deletions.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    if any(p.deleted_topics or p.deleted_groups for p in parts[1:]):
+        raise InternalError("merge_changes: only the first part may delete topics or groups")
+    next_pid = [p.next_producer_id for p in parts if p.next_producer_id is not None]
+    return Changes(
+        deleted_topics=parts[0].deleted_topics if parts else (),
+        deleted_groups=parts[0].deleted_groups if parts else (),
+        topics=tuple(r for p in parts for r in p.topics),
+        partitions=tuple(r for p in parts for r in p.partitions),
+        batches=tuple(r for p in parts for r in p.batches),
+        producers=tuple(r for p in parts for r in p.producers),
+        transactional=tuple(r for p in parts for r in p.transactional),
+        group_offsets=tuple(r for p in parts for r in p.group_offsets),
+        next_producer_id=next_pid[-1] if next_pid else None,
+    )
 
 
 def _next_producer_state(

@@ -248,7 +248,9 @@ def _validate(spec: Mapping[str, Any]) -> dict[str, Any]:
                 raise InvalidConfig(f"fault spec {key!r} must be a count >= 0, got {value!r}")
         elif key in _RATE_KEYS:
             if not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
-                raise InvalidConfig(f"fault spec {key!r} must be a probability in [0, 1], got {value!r}")
+                raise InvalidConfig(
+                    f"fault spec {key!r} must be a probability in [0, 1], got {value!r}"
+                )
         elif key in ("latency_s", "jitter_s"):
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise InvalidConfig(f"fault spec {key!r} must be seconds >= 0, got {value!r}")

@@ -34,6 +34,7 @@ Pure: no I/O, no clocks; everything it needs is in its arguments.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -122,7 +123,9 @@ def check(
     }
 
 
-def _observations(sends: list[Any], polls: list[Poll], final: FinalRead) -> Iterable[tuple[str, Place, str]]:
+def _observations(
+    sends: list[Any], polls: list[Poll], final: FinalRead
+) -> Iterable[tuple[str, Place, str]]:
     """Every claim "value v is at (p, o)", tagged with who made it."""
     for s in sends:
         if s.outcome == OK and s.offset is not None and s.partition is not None:
@@ -143,34 +146,60 @@ def _check_places(report: _Report, sends: list[Any], polls: list[Poll], final: F
         by_place[place].setdefault(value, source)
     for value, places in sorted(by_value.items()):
         if len(places) > 1:
-            report.add("duplicate", {
-                "value": value,
-                "places": [{"partition": p, "offset": o, "first_seen_by": src} for (p, o), src in sorted(places.items())],
-            })
+            report.add(
+                "duplicate",
+                {
+                    "value": value,
+                    "places": [
+                        {"partition": p, "offset": o, "first_seen_by": src}
+                        for (p, o), src in sorted(places.items())
+                    ],
+                },
+            )
     for (p, o), values in sorted(by_place.items()):
         if len(values) > 1:
-            report.add("inconsistent-offsets", {
-                "partition": p, "offset": o,
-                "values": [{"value": v, "first_seen_by": src} for v, src in sorted(values.items())],
-            })
+            report.add(
+                "inconsistent-offsets",
+                {
+                    "partition": p,
+                    "offset": o,
+                    "values": [
+                        {"value": v, "first_seen_by": src} for v, src in sorted(values.items())
+                    ],
+                },
+            )
 
 
-def _check_lost(report: _Report, sends: list[Any], polls: list[Poll], final_places: dict[str, Place]) -> None:
+def _check_lost(
+    report: _Report, sends: list[Any], polls: list[Poll], final_places: dict[str, Place]
+) -> None:
     lost: dict[str, dict[str, Any]] = {}
     for s in sends:
         if s.outcome == OK and s.value not in final_places:
-            lost[s.value] = {"value": s.value, "acked_partition": s.partition, "acked_offset": s.offset,
-                             "process": s.process, "acked_at_s": s.complete_s}
+            lost[s.value] = {
+                "value": s.value,
+                "acked_partition": s.partition,
+                "acked_offset": s.offset,
+                "process": s.process,
+                "acked_at_s": s.complete_s,
+            }
     for poll in polls:
         for p, o, v in poll.records:
             if v not in final_places and v not in lost:
-                lost[v] = {"value": v, "polled_partition": p, "polled_offset": o, "polled_by": poll.process,
-                           "polled_at_s": poll.complete_s}
+                lost[v] = {
+                    "value": v,
+                    "polled_partition": p,
+                    "polled_offset": o,
+                    "polled_by": poll.process,
+                    "polled_at_s": poll.complete_s,
+                }
     for value in sorted(lost):
         report.add("lost-write", lost[value])
 
 
-def _check_g1a(report: _Report, sends: list[Any], polls: list[Poll], final_places: dict[str, Place]) -> None:
+def _check_g1a(
+    report: _Report, sends: list[Any], polls: list[Poll], final_places: dict[str, Place]
+) -> None:
     failed = {s.value: s for s in sends if s.outcome == FAIL}
     seen: dict[str, str] = {v: "final" for v in final_places if v in failed}
     for poll in polls:
@@ -179,7 +208,9 @@ def _check_g1a(report: _Report, sends: list[Any], polls: list[Poll], final_place
                 seen.setdefault(v, f"poll:{poll.process}")
     for value, source in sorted(seen.items()):
         s = failed[value]
-        report.add("G1a", {"value": value, "process": s.process, "error": s.error, "read_by": source})
+        report.add(
+            "G1a", {"value": value, "process": s.process, "error": s.error, "read_by": source}
+        )
 
 
 def _check_unseen(report: _Report, polls: list[Poll], final: FinalRead, readers: set[str]) -> None:
@@ -194,7 +225,9 @@ def _check_unseen(report: _Report, polls: list[Poll], final: FinalRead, readers:
         for o, v in recs:
             missing = sorted(r for r in readers if v not in seen[r])
             if missing:
-                report.add("unseen", {"value": v, "partition": p, "offset": o, "not_seen_by": missing})
+                report.add(
+                    "unseen", {"value": v, "partition": p, "offset": o, "not_seen_by": missing}
+                )
 
 
 def _version_orders(polls: list[Poll], final: FinalRead) -> dict[int, dict[int, int]]:
@@ -233,17 +266,29 @@ def _check_polls(report: _Report, history: History, orders: dict[int, dict[int, 
             for p, offs in per_partition.items():
                 if p in last:
                     _judge(report, orders, p, last[p], offs[0], process, "", event.invoke_s)
-                for o1, o2 in zip(offs, offs[1:], strict=False):
+                for o1, o2 in itertools.pairwise(offs):
                     _judge(report, orders, p, o1, o2, process, "int-", event.invoke_s)
                 last[p] = offs[-1]
 
 
 def _judge(
-    report: _Report, orders: dict[int, dict[int, int]], p: int, o1: int, o2: int,
-    process: str, prefix: str, at_s: float,
+    report: _Report,
+    orders: dict[int, dict[int, int]],
+    p: int,
+    o1: int,
+    o2: int,
+    process: str,
+    prefix: str,
+    at_s: float,
 ) -> None:
     delta = _delta(orders, p, o1, o2)
-    example = {"process": process, "partition": p, "offsets": [o1, o2], "delta": delta, "at_s": at_s}
+    example = {
+        "process": process,
+        "partition": p,
+        "offsets": [o1, o2],
+        "delta": delta,
+        "at_s": at_s,
+    }
     if delta > 1:
         skipped = [o for o, i in orders.get(p, {}).items() if o1 < o < o2]
         report.add(f"{prefix}poll-skip", {**example, "skipped": sorted(skipped)[:16]})
@@ -261,10 +306,15 @@ def _check_sends(report: _Report, sends: list[Any]) -> None:
         for s in sorted(items, key=lambda s: s.invoke_s):
             prev = last.get(s.partition)
             if prev is not None and s.offset <= prev.offset:
-                report.add("nonmonotonic-send", {
-                    "process": process, "partition": s.partition,
-                    "values": [prev.value, s.value], "offsets": [prev.offset, s.offset],
-                })
+                report.add(
+                    "nonmonotonic-send",
+                    {
+                        "process": process,
+                        "partition": s.partition,
+                        "values": [prev.value, s.value],
+                        "offsets": [prev.offset, s.offset],
+                    },
+                )
             last[s.partition] = s
 
 
@@ -279,22 +329,38 @@ def _check_commits(report: _Report, history: History) -> None:
         high = None
         for invoke_s, _, offset, process in items:
             if high is not None and offset < high[0]:
-                report.add("nonmonotonic-commit", {
-                    "kind": "acknowledged commit went backwards", "group": group, "partition": p,
-                    "offsets": [high[0], offset], "processes": [high[1], process], "at_s": invoke_s,
-                })
+                report.add(
+                    "nonmonotonic-commit",
+                    {
+                        "kind": "acknowledged commit went backwards",
+                        "group": group,
+                        "partition": p,
+                        "offsets": [high[0], offset],
+                        "processes": [high[1], process],
+                        "at_s": invoke_s,
+                    },
+                )
             if high is None or offset >= high[0]:
                 high = (offset, process)
     for read in history.snapshot("committed_reads"):
         got = dict(read.offsets)
         for p in read.partitions:
-            before = [o for _, done, o, _ in acked.get((read.group, p), []) if done <= read.invoke_s]
+            before = [
+                o for _, done, o, _ in acked.get((read.group, p), []) if done <= read.invoke_s
+            ]
             if before and (p not in got or got[p] < max(before)):
-                report.add("nonmonotonic-commit", {
-                    "kind": "committed offset read back below an acknowledged commit",
-                    "group": read.group, "partition": p, "acknowledged": max(before),
-                    "read": got.get(p), "reader": read.process, "at_s": read.invoke_s,
-                })
+                report.add(
+                    "nonmonotonic-commit",
+                    {
+                        "kind": "committed offset read back below an acknowledged commit",
+                        "group": read.group,
+                        "partition": p,
+                        "acknowledged": max(before),
+                        "read": got.get(p),
+                        "reader": read.process,
+                        "at_s": read.invoke_s,
+                    },
+                )
 
 
 def _check_audit(report: _Report, audit: StoreAudit | None, final: FinalRead) -> None:
@@ -302,8 +368,11 @@ def _check_audit(report: _Report, audit: StoreAudit | None, final: FinalRead) ->
         for key, p, base in audit.missing:
             report.add("missing-object", {"segment_key": key, "partition": p, "base_offset": base})
     for p, start, end, error in final.unreadable:
-        report.add("unreadable", {"partition": p, "start": start, "end": end, "error": error},
-                   count=max(1, end - start))
+        report.add(
+            "unreadable",
+            {"partition": p, "start": start, "end": end, "error": error},
+            count=max(1, end - start),
+        )
 
 
 def _stats(history: History, final: FinalRead, audit: StoreAudit | None) -> dict[str, Any]:
@@ -322,8 +391,13 @@ def _stats(history: History, final: FinalRead, audit: StoreAudit | None) -> dict
         "commits": dict(commit_outcomes),
         "final_records": sum(len(r) for r in final.records.values()),
         "high_watermarks": {str(p): o for p, o in sorted(final.high_watermarks.items())},
-        "audit": None if audit is None else {
-            "checked": audit.checked, "referenced_objects": audit.referenced_objects,
-            "referenced_batches": audit.referenced_batches, "orphans": audit.orphans, "note": audit.note,
+        "audit": None
+        if audit is None
+        else {
+            "checked": audit.checked,
+            "referenced_objects": audit.referenced_objects,
+            "referenced_batches": audit.referenced_batches,
+            "orphans": audit.orphans,
+            "note": audit.note,
         },
     }

@@ -1,0 +1,286 @@
+"""The metadata journal: entry (de)serialization and the object-key layout (pure, no I/O).
+
+The object store is the source of truth for metadata (docs/design/0002). Two key families,
+both with 20-digit zero-padded indexes so they list in order:
+
+- ``metadata/journal/{n:020d}.json``: entry ``n``, one per group-commit round (the
+  sequencer ``Changes`` it made durable) or a *fence* (no changes) that starts an epoch.
+- ``metadata/snapshots/{n:020d}.sqlite``: the SQLite state holding every entry ``<= n``.
+
+An entry is compact JSON: ``{"format": 1, "index": n, "epoch": e, "incarnation": id,
+"kind": "fence" | "round", "changes": {...}}``. The body repeats its index so an entry
+copied to the wrong key is caught on read; ``incarnation`` makes two writers' entries
+differ byte for byte, which is how a writer recognises its own entry after an ambiguous
+PUT.
+
+Invariants: ``decode_entry(encode_entry(e)) == e`` for every entry; encoding is
+deterministic (same entry, same bytes), so a retried PUT sends identical bytes.
+
+Never: touch the object store, clocks or randomness (callers pass ids and times in).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_stream.core.sequencer import (
+    BatchRow,
+    Changes,
+    GroupOffsetRow,
+    PartitionRow,
+    ProducerRow,
+    ProducerState,
+    TransactionalRow,
+)
+from ray_stream.core.types import BatchRef, CommittedOffset, TopicInfo
+from ray_stream.errors import CorruptData
+
+__all__ = [
+    "FENCE",
+    "FORMAT_VERSION",
+    "JOURNAL_PREFIX",
+    "ROUND",
+    "SNAPSHOT_PREFIX",
+    "JournalEntry",
+    "changes_from_json",
+    "changes_to_json",
+    "decode_entry",
+    "encode_entry",
+    "journal_index",
+    "journal_key",
+    "segment_time_ms",
+    "snapshot_index",
+    "snapshot_key",
+]
+
+FORMAT_VERSION = 1
+JOURNAL_PREFIX = "metadata/journal/"
+SNAPSHOT_PREFIX = "metadata/snapshots/"
+_JOURNAL_SUFFIX = ".json"
+_SNAPSHOT_SUFFIX = ".sqlite"
+_INDEX_DIGITS = 20
+FENCE = "fence"
+ROUND = "round"
+
+_SEGMENT_PREFIX = "segments/"
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_VALUE = {c: i for i, c in enumerate(_CROCKFORD)}
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One journal object.
+
+    Attributes:
+        index: its position (the key's number); entries are contiguous from 1.
+        epoch: the writer's epoch; never decreases along the journal.
+        incarnation: the writer's random id (distinguishes two writers' bytes).
+        kind: ``FENCE`` (starts ``epoch``, no changes) or ``ROUND`` (a commit round).
+        changes: the rows the round made durable (empty for a fence).
+    """
+
+    index: int
+    epoch: int
+    incarnation: str
+    kind: str
+    changes: Changes = field(default_factory=Changes)
+
+
+# ----------------------------------------------------------------------- keys
+def journal_key(index: int) -> str:
+    return f"{JOURNAL_PREFIX}{_check_index(index):0{_INDEX_DIGITS}d}{_JOURNAL_SUFFIX}"
+
+
+def snapshot_key(index: int) -> str:
+    return f"{SNAPSHOT_PREFIX}{_check_index(index):0{_INDEX_DIGITS}d}{_SNAPSHOT_SUFFIX}"
+
+
+def journal_index(key: str) -> int | None:
+    """The index of a journal key, or None for any other key (temp files, strays)."""
+    return _parse_index(key, JOURNAL_PREFIX, _JOURNAL_SUFFIX)
+
+
+def snapshot_index(key: str) -> int | None:
+    """The index of a snapshot key, or None for any other key."""
+    return _parse_index(key, SNAPSHOT_PREFIX, _SNAPSHOT_SUFFIX)
+
+
+def _parse_index(key: str, prefix: str, suffix: str) -> int | None:
+    if not (key.startswith(prefix) and key.endswith(suffix)):
+        return None
+    digits = key[len(prefix) : len(key) - len(suffix)]
+    if len(digits) != _INDEX_DIGITS or not digits.isdigit():
+        return None
+    return int(digits)
+
+
+def _check_index(index: int) -> int:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"journal index must be an int >= 0, got {index!r}")
+    return index
+
+
+def segment_time_ms(key: str) -> int | None:
+    """The creation time (ms) in a ``segments/<ULID>.arrow`` key, or None if not a ULID."""
+    if not key.startswith(_SEGMENT_PREFIX):
+        return None
+    name = key[len(_SEGMENT_PREFIX) :].split(".", 1)[0]
+    if len(name) != 26:
+        return None
+    value = 0
+    for char in name[:10]:  # characters 0-9 hold bits 80-129 of the ULID: the ms timestamp
+        digit = _CROCKFORD_VALUE.get(char)
+        if digit is None:
+            return None
+        value = value << 5 | digit
+    return value
+
+
+# -------------------------------------------------------------------- entries
+def encode_entry(entry: JournalEntry) -> bytes:
+    """The entry's canonical JSON bytes (deterministic)."""
+    body = {
+        "format": FORMAT_VERSION,
+        "index": entry.index,
+        "epoch": entry.epoch,
+        "incarnation": entry.incarnation,
+        "kind": entry.kind,
+        "changes": changes_to_json(entry.changes),
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_entry(data: bytes, *, index: int | None = None) -> JournalEntry:
+    """Parse an entry; ``index`` (from the key) must match the body's.
+
+    Raises:
+        CorruptData: not JSON, an unknown format or kind, a field of the wrong type, or
+            an index that does not match the key.
+    """
+    try:
+        body = json.loads(data)
+        if body.get("format") != FORMAT_VERSION:
+            raise CorruptData(
+                f"journal entry format {body.get('format')!r} is not {FORMAT_VERSION}"
+            )
+        entry = JournalEntry(
+            index=_int(body["index"]),
+            epoch=_int(body["epoch"]),
+            incarnation=str(body["incarnation"]),
+            kind=str(body["kind"]),
+            changes=changes_from_json(body["changes"]),
+        )
+    except CorruptData:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptData(f"journal entry {index} does not parse: {exc!r}") from exc
+    if entry.kind not in (FENCE, ROUND):
+        raise CorruptData(f"journal entry {entry.index} has unknown kind {entry.kind!r}")
+    if index is not None and entry.index != index:
+        raise CorruptData(f"journal key {index} holds the entry of index {entry.index}")
+    return entry
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an int, got {value!r}")
+    return value
+
+
+# -------------------------------------------------------------------- changes
+def changes_to_json(changes: Changes) -> dict[str, Any]:
+    """``Changes`` as JSON-able lists (empty fields left out, segment keys interned)."""
+    segments: dict[str, int] = {}
+    out: dict[str, Any] = {}
+    if changes.deleted_topics:
+        out["deleted_topics"] = list(changes.deleted_topics)
+    if changes.deleted_groups:
+        out["deleted_groups"] = list(changes.deleted_groups)
+    if changes.topics:
+        out["topics"] = [[t.name, t.topic_id, t.partitions, t.config] for t in changes.topics]
+    if changes.partitions:
+        out["partitions"] = [
+            [r.topic, r.partition, r.log_start_offset, r.high_watermark] for r in changes.partitions
+        ]
+    if changes.batches:
+        rows = []
+        for b in changes.batches:
+            ref = b.ref
+            seg = segments.setdefault(ref.segment_key, len(segments))
+            rows.append([b.topic, b.partition, seg, ref.position, ref.length, ref.base_offset])
+            rows[-1] += [ref.record_count, ref.max_timestamp]
+        out["segments"] = list(segments)
+        out["batches"] = rows
+    if changes.producers:
+        out["producers"] = [
+            [r.producer_id, r.topic, r.partition, r.state.epoch, [list(b) for b in r.state.batches]]
+            for r in changes.producers
+        ]
+    if changes.transactional:
+        out["transactional"] = [
+            [r.transactional_id, r.producer_id, r.epoch] for r in changes.transactional
+        ]
+    if changes.group_offsets:
+        out["group_offsets"] = [
+            [r.group, r.topic, r.partition, *_offset_json(r.offset)] for r in changes.group_offsets
+        ]
+    if changes.next_producer_id is not None:
+        out["next_producer_id"] = changes.next_producer_id
+    return out
+
+
+def changes_from_json(obj: dict[str, Any]) -> Changes:
+    """Inverse of ``changes_to_json``.
+
+    Raises:
+        ValueError, KeyError, TypeError, IndexError: malformed input (``decode_entry``
+            turns these into CorruptData).
+    """
+    if not isinstance(obj, dict):
+        raise TypeError(f"changes must be an object, got {type(obj).__name__}")
+    segments = [str(k) for k in obj.get("segments", [])]
+    next_pid = obj.get("next_producer_id")
+    try:
+        return Changes(
+            deleted_topics=tuple(str(n) for n in obj.get("deleted_topics", [])),
+            deleted_groups=tuple(str(g) for g in obj.get("deleted_groups", [])),
+            topics=tuple(
+                TopicInfo(str(n), str(tid), _int(parts), {str(k): str(v) for k, v in cfg.items()})
+                for n, tid, parts, cfg in obj.get("topics", [])
+            ),
+            partitions=tuple(
+                PartitionRow(str(t), _int(p), _int(lso), _int(hwm))
+                for t, p, lso, hwm in obj.get("partitions", [])
+            ),
+            batches=tuple(_batch(segments, row) for row in obj.get("batches", [])),
+            producers=tuple(_producer(row) for row in obj.get("producers", [])),
+            transactional=tuple(
+                TransactionalRow(str(tid), _int(pid), _int(epoch))
+                for tid, pid, epoch in obj.get("transactional", [])
+            ),
+            group_offsets=tuple(
+                GroupOffsetRow(str(g), str(t), _int(p), CommittedOffset(_int(o), str(md), _int(le)))
+                for g, t, p, o, md, le in obj.get("group_offsets", [])
+            ),
+            next_producer_id=None if next_pid is None else _int(next_pid),
+        )
+    except IndexError as exc:
+        raise ValueError(f"changes name segment index out of range: {exc}") from exc
+
+
+def _offset_json(offset: CommittedOffset) -> list[Any]:
+    return [offset.offset, offset.metadata, offset.leader_epoch]
+
+
+def _batch(segments: list[str], row: list[Any]) -> BatchRow:
+    t, p, seg, pos, length, base, count, max_ts = row
+    ref = BatchRef(segments[seg], _int(pos), _int(length), _int(base), _int(count), _int(max_ts))
+    return BatchRow(str(t), _int(p), ref)
+
+
+def _producer(row: list[Any]) -> ProducerRow:
+    pid, t, p, epoch, batches = row
+    remembered = tuple((_int(a), _int(b), _int(c)) for a, b, c in batches)
+    return ProducerRow(_int(pid), str(t), _int(p), ProducerState(_int(epoch), remembered))
