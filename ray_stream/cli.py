@@ -18,12 +18,18 @@ from ray_stream.errors import InvalidRequest, RayStreamError
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="metadata and default segment directory (default ./.ray_stream-data)")
-    p.add_argument("--object-store", help="file:///dir, s3://bucket/prefix?endpoint_url=..., memory://")
+    p.add_argument(
+        "--data-dir", help="metadata and default segment directory (default ./.ray_stream-data)"
+    )
+    p.add_argument(
+        "--object-store", help="file:///dir, s3://bucket/prefix?endpoint_url=..., memory://"
+    )
     p.add_argument("--agents", type=int, help="number of agent actors (default 1)")
     p.add_argument("--linger-ms", type=int, help="agent flush interval (default 250)")
     p.add_argument("--flush-bytes", type=int, help="agent flush size (default 8 MiB)")
-    p.add_argument("--kafka-port", type=int, help="first agent's Kafka port (default 9092; 0 = off)")
+    p.add_argument(
+        "--kafka-port", type=int, help="first agent's Kafka port (default 9092; 0 = off)"
+    )
     p.add_argument("--kafka-host", help="address the Kafka listeners bind to (default 127.0.0.1)")
     p.add_argument("--namespace", help="Ray namespace (default ray_stream)")
 
@@ -73,11 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     consume = sub.add_parser("consume", help="print records to stdout")
     consume.add_argument("topic")
     consume.add_argument("--group")
-    consume.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
+    consume.add_argument(
+        "--from-beginning", action="store_true", help="start at the earliest offset"
+    )
     consume.add_argument("--partition", type=int, action="append")
     consume.add_argument("--offset", type=int, help="start offset (with --partition)")
     consume.add_argument("--max-records", type=int)
-    consume.add_argument("--timeout", type=float, default=5.0, help="stop after this many idle seconds")
+    consume.add_argument(
+        "--timeout", type=float, default=5.0, help="stop after this many idle seconds"
+    )
     consume.add_argument("--print-offsets", action="store_true")
 
     demo = sub.add_parser("demo", help="start an embedded cluster, produce, consume, report")
@@ -163,9 +173,13 @@ def _topics(cluster: Any, args: argparse.Namespace) -> None:
             print(f"{info.name}\tpartitions={info.partitions}")
     elif cmd == "describe":
         info = cluster.describe_topic(args.name)
-        print(f"{info.name}\tid={info.topic_id}\tpartitions={info.partitions}\tconfig={info.config}")
+        print(
+            f"{info.name}\tid={info.topic_id}\tpartitions={info.partitions}\tconfig={info.config}"
+        )
         for pi in info.partition_info:
-            print(f"  partition {pi.partition}\tlog_start={pi.log_start_offset}\thigh_watermark={pi.high_watermark}")
+            print(
+                f"  partition {pi.partition}\tlog_start={pi.log_start_offset}\thigh_watermark={pi.high_watermark}"
+            )
     elif cmd == "delete":
         cluster.delete_topic(args.name)
         print(f"deleted {args.name}")
@@ -188,12 +202,16 @@ def _produce(cluster: Any, args: argparse.Namespace) -> None:
     producer.close()
     for f in futures:
         f.result()
-    print(f"produced {len(futures)} records to {args.topic} in {time.monotonic() - started:.2f}s", file=sys.stderr)
+    print(
+        f"produced {len(futures)} records to {args.topic} in {time.monotonic() - started:.2f}s",
+        file=sys.stderr,
+    )
 
 
 def _consume(cluster: Any, args: argparse.Namespace) -> None:
     consumer = cluster.consumer(
-        group_id=args.group, auto_offset_reset="earliest" if args.from_beginning or not args.group else "latest"
+        group_id=args.group,
+        auto_offset_reset="earliest" if args.from_beginning or not args.group else "latest",
     )
     if args.partition:
         consumer.assign([(args.topic, p) for p in args.partition])

@@ -67,7 +67,7 @@ class Settings:
             producers of that flush get StorageUnavailable.
         agent_buffer_bytes: produce bytes an agent holds (buffered plus in flight)
             before it answers new produce requests with Unavailable; 0 means
-            ``4 * flush_bytes``. Bounds agent memory when the object store is slow.
+            ``8 * flush_bytes``. Bounds agent memory when the object store is slow.
         orphan_grace_s: a segment object no committed batch references is deleted
             once its key (ULID) time is older than this. Must exceed the longest time
             from an agent's PUT to its commit (agents give up after half of it).
@@ -136,7 +136,7 @@ class Settings:
 
     @property
     def resolved_agent_buffer_bytes(self) -> int:
-        return self.agent_buffer_bytes or 4 * self.flush_bytes
+        return self.agent_buffer_bytes or 8 * self.flush_bytes
 
     def with_overrides(self, **kwargs: object) -> Settings:
         clean = {k: v for k, v in kwargs.items() if v is not None}

@@ -83,11 +83,16 @@ def run_demo(*, records: int, partitions: int, **settings: Any) -> int:
                 break
             seen += len(batch)
         consumer.commit()
-        print(f"[4/6] consumed {seen} records in {time.monotonic() - t0:.2f}s and committed offsets", flush=True)
+        print(
+            f"[4/6] consumed {seen} records in {time.monotonic() - t0:.2f}s and committed offsets",
+            flush=True,
+        )
 
         table = cluster.read_table(topic)
         per_partition = table.group_by("partition").aggregate([("offset", "count")]).to_pylist()
-        print(f"[5/6] read_table -> {table.num_rows} rows; per partition: {per_partition}", flush=True)
+        print(
+            f"[5/6] read_table -> {table.num_rows} rows; per partition: {per_partition}", flush=True
+        )
         ok = seen == records == table.num_rows
         if cluster.bootstrap_servers:
             sent, got = asyncio.run(_kafka_round_trip(cluster.bootstrap_servers, topic, records))

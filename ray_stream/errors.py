@@ -14,7 +14,8 @@ Tree::
     │   ├── InvalidProducerEpoch
     │   └── InvalidConfig
     ├── Unavailable             transient; retry (maybe elsewhere)
-    │   └── StorageUnavailable
+    │   ├── StorageUnavailable
+    │   └── Overloaded          not accepted (buffer full): safe to resend
     ├── Conflict                re-read, retry
     │   └── PreconditionFailed
     ├── NotFound                an object or entity does not exist
@@ -84,6 +85,14 @@ class Unavailable(RayStreamError):
 
 class StorageUnavailable(Unavailable):
     """The object store failed or timed out."""
+
+
+class Overloaded(Unavailable):
+    """The server is at its buffer limit and did not accept the request.
+
+    Unlike a plain Unavailable, nothing of the request was taken in, so resending it
+    can never duplicate data.
+    """
 
 
 class Conflict(RayStreamError):

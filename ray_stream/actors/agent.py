@@ -59,6 +59,7 @@ from ray_stream.errors import (
     Fenced,
     InvalidRequest,
     OffsetOutOfRange,
+    Overloaded,
     RayStreamError,
     RecordTooLarge,
     StorageUnavailable,
@@ -418,14 +419,14 @@ class AgentActor:
             return done
         return future
 
-    def _buffer_full(self, adding: int) -> Unavailable | None:
-        """Unavailable when ``adding`` bytes would pass ``agent_buffer_bytes`` (buffered
+    def _buffer_full(self, adding: int) -> Overloaded | None:
+        """Overloaded when ``adding`` bytes would pass ``agent_buffer_bytes`` (buffered
         plus in flight); an empty agent always takes one call, however large."""
         held = self._pending_bytes + self._inflight_bytes
         limit = self.settings.resolved_agent_buffer_bytes
         if held == 0 or held + adding <= limit:
             return None
-        return Unavailable(
+        return Overloaded(
             f"agent-{self.index} holds {held} bytes of unacknowledged produce data; "
             f"agent_buffer_bytes={limit}: the object store or metadata is slow, retry"
         )

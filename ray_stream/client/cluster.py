@@ -48,7 +48,9 @@ class Cluster:
             self._metadata, self._agents = actors
         else:
             self._metadata = handles.get_metadata(settings.namespace)
-            self._agents = [handles.get_agent(settings.namespace, i) for i in range(settings.agents)]
+            self._agents = [
+                handles.get_agent(settings.namespace, i) for i in range(settings.agents)
+            ]
         self._brokers: list[BrokerInfo] | None = None
         self._closed = False
 

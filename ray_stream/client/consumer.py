@@ -113,7 +113,9 @@ class Consumer:
         keep = set(tps)
         self._position = {tp: o for tp, o in self._position.items() if tp in keep}
         self._fetch_pos = {tp: o for tp, o in self._fetch_pos.items() if tp in keep}
-        self._buffer = deque(r for r in self._buffer if TopicPartition(r.topic, r.partition) in keep)
+        self._buffer = deque(
+            r for r in self._buffer if TopicPartition(r.topic, r.partition) in keep
+        )
 
     def assign_topic(self, topic: str) -> None:
         """Assign every partition of ``topic``."""
@@ -131,13 +133,19 @@ class Consumer:
         if not isinstance(offset, int) or offset < 0:
             raise InvalidRequest(f"offset must be a non-negative int, got {offset!r}")
         self._position[tp] = self._fetch_pos[tp] = offset
-        self._buffer = deque(r for r in self._buffer if (r.topic, r.partition) != (tp.topic, tp.partition))
+        self._buffer = deque(
+            r for r in self._buffer if (r.topic, r.partition) != (tp.topic, tp.partition)
+        )
 
-    def seek_to_beginning(self, partitions: Iterable[TopicPartition | tuple[str, int]] | None = None) -> None:
+    def seek_to_beginning(
+        self, partitions: Iterable[TopicPartition | tuple[str, int]] | None = None
+    ) -> None:
         for tp in [_tp(p) for p in partitions] if partitions is not None else self._assigned:
             self.seek(tp, self._list_offset(tp, EARLIEST))
 
-    def seek_to_end(self, partitions: Iterable[TopicPartition | tuple[str, int]] | None = None) -> None:
+    def seek_to_end(
+        self, partitions: Iterable[TopicPartition | tuple[str, int]] | None = None
+    ) -> None:
         for tp in [_tp(p) for p in partitions] if partitions is not None else self._assigned:
             self.seek(tp, self._list_offset(tp, LATEST))
 
@@ -175,7 +183,9 @@ class Consumer:
     def _fetch(self, *, max_wait_ms: int) -> None:
         self._init_positions()
         tps = list(self._assigned)
-        requests = [(tp.topic, tp.partition, self._fetch_pos[tp], self._partition_bytes) for tp in tps]
+        requests = [
+            (tp.topic, tp.partition, self._fetch_pos[tp], self._partition_bytes) for tp in tps
+        ]
         results = handles.get(self._agent.fetch.remote(requests, max_wait_ms, 1, 64 * 1024 * 1024))
         for tp, result in zip(tps, results, strict=True):
             if isinstance(result.error, OffsetOutOfRange):
@@ -197,7 +207,15 @@ class Consumer:
                 if rec.offset < start:
                     continue
                 self._buffer.append(
-                    ConsumerRecord(tp.topic, tp.partition, rec.offset, rec.timestamp_ms, rec.key, rec.value, rec.headers)
+                    ConsumerRecord(
+                        tp.topic,
+                        tp.partition,
+                        rec.offset,
+                        rec.timestamp_ms,
+                        rec.key,
+                        rec.value,
+                        rec.headers,
+                    )
                 )
                 last = rec.offset
         self._fetch_pos[tp] = max(start, last + 1)
@@ -211,7 +229,9 @@ class Consumer:
             offset = committed.get(tp)
             if offset is None:
                 if self._reset == "none":
-                    raise OffsetOutOfRange(f"no committed offset for {tp.topic}[{tp.partition}] and auto_offset_reset='none'")
+                    raise OffsetOutOfRange(
+                        f"no committed offset for {tp.topic}[{tp.partition}] and auto_offset_reset='none'"
+                    )
                 offset = self._list_offset(tp, EARLIEST if self._reset == "earliest" else LATEST)
             self._position[tp] = self._fetch_pos[tp] = offset
 
@@ -247,7 +267,11 @@ class Consumer:
         got = handles.get(
             self._meta.fetch_offsets.remote(self.group_id, [(tp.topic, tp.partition) for tp in tps])
         )
-        return {TopicPartition(t, p): c.offset for (t, p), c in got.items() if c is not None and c.offset >= 0}
+        return {
+            TopicPartition(t, p): c.offset
+            for (t, p), c in got.items()
+            if c is not None and c.offset >= 0
+        }
 
     def close(self) -> None:
         self._closed = True

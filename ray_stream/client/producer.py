@@ -24,6 +24,7 @@ from ray_stream.core.partitioner import partition_for_key
 from ray_stream.core.types import BatchResult
 from ray_stream.errors import (
     InvalidRequest,
+    Overloaded,
     RayStreamError,
     RecordTooLarge,
     Unavailable,
@@ -82,6 +83,9 @@ class Producer:
         compression: None, "gzip", "snappy", "lz4" or "zstd".
         buffer_bytes: ``send`` blocks while this many bytes wait to be acknowledged.
         agent: which agent to talk to (default: spread producers round-robin).
+        delivery_timeout_s: how long batches the agent refused as Overloaded (its
+            buffer was full; nothing taken in) are resent before their futures fail.
+            Other errors are never retried: the caller decides.
     """
 
     _next_agent = 0
@@ -93,8 +97,9 @@ class Producer:
         linger_ms: int = 5,
         batch_bytes: int = 1024 * 1024,
         compression: str | None = None,
-        buffer_bytes: int = 64 * 1024 * 1024,
+        buffer_bytes: int = 32 * 1024 * 1024,
         agent: int | None = None,
+        delivery_timeout_s: float = 120.0,
     ) -> None:
         self._cluster = cluster
         self._linger_s = linger_ms / 1000
@@ -102,6 +107,7 @@ class Producer:
         self._compression = compression
         self._buffer_bytes = buffer_bytes
         self._max_record_bytes = cluster.settings.max_record_bytes
+        self._delivery_timeout_s = delivery_timeout_s
         if agent is None:
             agent = Producer._next_agent
             Producer._next_agent += 1
@@ -215,14 +221,20 @@ class Producer:
                 return np.full(rows, partition, np.int32)
             # Runs of about batch_bytes per partition, round robin (sticky partitioning).
             start = self._round_robin.get(topic, 0)
-            runs = np.cumsum(cols.sizes) // max(1, self._batch_bytes) if rows else np.zeros(0, np.int64)
+            runs = (
+                np.cumsum(cols.sizes) // max(1, self._batch_bytes)
+                if rows
+                else np.zeros(0, np.int64)
+            )
             self._round_robin[topic] = start + (int(runs[-1]) + 1 if rows else 0)
             return ((runs + start) % count).astype(np.int32)
         out = np.empty(rows, np.int32)
         for i in range(rows):
             explicit = cols.partitions[i] if cols.partitions is not None else None
             key = cols.keys[i] if cols.keys is not None else None
-            out[i] = self._choose_partition(topic, key, explicit if explicit is not None else partition)
+            out[i] = self._choose_partition(
+                topic, key, explicit if explicit is not None else partition
+            )
         return out
 
     def flush(self, timeout: float | None = None) -> None:
@@ -344,10 +356,10 @@ class Producer:
                 data = encode_batch(records, now_ms=now_ms, compression=self._compression)
                 batches.append(_Batch(topic, partition, data, records, futures, now_ms))
         total = sum(a.size for a in drained.values())
-        ref = self._agent.produce.remote(
-            [(b.topic, b.partition, b.data) for b in batches], -1, **self._turn()
+        self._submit(
+            [(b.topic, b.partition, b.data) for b in batches],
+            lambda outcome: self._complete(outcome, batches, total),
         )
-        ref.future().add_done_callback(lambda f: self._complete(f, batches, total))
 
     def _send_table(self, job: _TableJob) -> None:
         now_ms = int(time.time() * 1000)
@@ -359,27 +371,79 @@ class Producer:
                 data = encode_columns(
                     [cols.values[i] for i in rows],
                     keys=None if cols.keys is None else [cols.keys[i] for i in rows],
-                    timestamps=None if cols.timestamps is None else [cols.timestamps[i] for i in rows],
+                    timestamps=None
+                    if cols.timestamps is None
+                    else [cols.timestamps[i] for i in rows],
                     headers=None if cols.headers is None else [cols.headers[i] for i in rows],
                     now_ms=now_ms,
                     compression=self._compression,
                 )
                 batches.append((partition, data, piece))
-        ref = self._agent.produce.remote([(job.topic, p, d) for p, d, _ in batches], -1, **self._turn())
-        ref.future().add_done_callback(lambda f: self._complete_table(f, job, batches))
+        self._submit(
+            [(job.topic, p, d) for p, d, _ in batches],
+            lambda outcome: self._complete_table(outcome, job, batches),
+        )
+
+    def _submit(
+        self,
+        items: list[tuple[str, int, bytes]],
+        done: Any,
+        *,
+        deadline: float | None = None,
+        attempt: int = 0,
+    ) -> None:
+        """One agent call; batches the agent refused as Overloaded (never taken in, so
+        resending cannot duplicate) are resent with backoff until the delivery timeout.
+        ``done`` gets the per-batch results, or the exception that failed the call."""
+        if deadline is None:
+            deadline = time.monotonic() + self._delivery_timeout_s
+        ref = self._agent.produce.remote(items, -1, **self._turn())
+
+        def on_reply(fut: Future[list[BatchResult]]) -> None:
+            try:
+                results = list(fut.result())
+            except BaseException as exc:
+                self._new_session()
+                done(handles.unwrap(exc))
+                return
+            refused = [i for i, r in enumerate(results) if isinstance(r.error, Overloaded)]
+            if not refused or time.monotonic() >= deadline:
+                done(results)
+                return
+
+            def merge(outcome: list[BatchResult] | BaseException) -> None:
+                for n, i in enumerate(refused):
+                    results[i] = (
+                        outcome[n]
+                        if not isinstance(outcome, BaseException)
+                        else BatchResult(base_offset=-1, error=outcome)
+                    )
+                done(results)
+
+            timer = threading.Timer(
+                min(1.0, 0.02 * 2**attempt),
+                self._submit,
+                args=([items[i] for i in refused], merge),
+                kwargs={"deadline": deadline, "attempt": attempt + 1},
+            )
+            timer.daemon = True
+            timer.start()
+
+        ref.future().add_done_callback(on_reply)
 
     def _complete_table(
-        self, fut: Future[list[BatchResult]], job: _TableJob, batches: list[tuple[int, bytes, Any]]
+        self,
+        outcome: list[BatchResult] | BaseException,
+        job: _TableJob,
+        batches: list[tuple[int, bytes, Any]],
     ) -> None:
         import numpy as np
         import pyarrow as pa
 
         try:
-            try:
-                results = fut.result()
-            except BaseException as exc:
-                self._new_session()
-                raise handles.unwrap(exc) from None
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results = outcome
             partitions = np.zeros(job.rows, dtype=np.int32)
             offsets = np.zeros(job.rows, dtype=np.int64)
             for (partition, _, idx), result in zip(batches, results, strict=True):
@@ -407,15 +471,14 @@ class Producer:
             seq, self._seq = self._seq, self._seq + 1
             return {"session": self._session, "seq": seq}
 
-    def _complete(self, fut: Future[list[BatchResult]], batches: list[_Batch], total: int) -> None:
-        try:
-            results = fut.result()
-        except BaseException as exc:
-            self._new_session()
-            err = handles.unwrap(exc)
+    def _complete(
+        self, outcome: list[BatchResult] | BaseException, batches: list[_Batch], total: int
+    ) -> None:
+        if isinstance(outcome, BaseException):
             for b in batches:
-                _fail_futures(b.futures, err)
+                _fail_futures(b.futures, outcome)
         else:
+            results = outcome
             for b, result in zip(batches, results, strict=True):
                 if result.error is not None:
                     _fail_futures(b.futures, result.error)
@@ -423,10 +486,14 @@ class Producer:
                 for i, (rec, f) in enumerate(zip(b.records, b.futures, strict=True)):
                     if f is not None and not f.done():
                         ts = rec.timestamp_ms if rec.timestamp_ms is not None else b.now_ms
-                        f.set_result(RecordMetadata(b.topic, b.partition, result.base_offset + i, ts))
+                        f.set_result(
+                            RecordMetadata(b.topic, b.partition, result.base_offset + i, ts)
+                        )
         self._done(total)
 
-    def _fail(self, job: _TableJob | dict[tuple[str, int], _Accumulator], exc: BaseException) -> None:
+    def _fail(
+        self, job: _TableJob | dict[tuple[str, int], _Accumulator], exc: BaseException
+    ) -> None:
         err = handles.unwrap(exc)
         if isinstance(job, _TableJob):
             if not job.future.done():
@@ -442,7 +509,9 @@ class Producer:
             self._lock.notify_all()
 
 
-def _split(records: list[Record], tags: list[Any], max_bytes: int) -> list[tuple[list[Record], list[Any]]]:
+def _split(
+    records: list[Record], tags: list[Any], max_bytes: int
+) -> list[tuple[list[Record], list[Any]]]:
     """Cut one partition's records (and their parallel tags) into batches under the size limit."""
     out: list[tuple[list[Record], list[Any]]] = []
     start, size = 0, 61

@@ -50,7 +50,9 @@ def read_partition(agent: Any, topic: str, partition: int, start: int, end: int)
     tables = [SCHEMA.empty_table()]
     position = start
     while position < end:
-        (result,) = handles.get(agent.fetch.remote([(topic, partition, position, READ_CHUNK_BYTES)], 0))
+        (result,) = handles.get(
+            agent.fetch.remote([(topic, partition, position, READ_CHUNK_BYTES)], 0)
+        )
         if result.error is not None:
             raise result.error
         if not result.records:
@@ -106,7 +108,9 @@ def read_dataset(cluster: Any, topic: str, *, partitions: list[int] | None) -> A
     from ray_stream.actors.reader import dataset_from_partitions
 
     ranges = [r for r in _ranges(cluster, topic, partitions, None, None) if r[1] < r[2]]
-    return dataset_from_partitions(cluster.settings.namespace, cluster.settings.agents, topic, ranges)
+    return dataset_from_partitions(
+        cluster.settings.namespace, cluster.settings.agents, topic, ranges
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,9 @@ def columns_from_table(table: Any, *, record_overhead: int) -> TableColumns:
             [(h["key"], h["value"]) for h in row] if row else None
             for row in table.column("headers").to_pylist()
         ]
-        sizes += np.array([sum(len(k) + len(v or b"") + 4 for k, v in h or ()) for h in headers], np.int64)
+        sizes += np.array(
+            [sum(len(k) + len(v or b"") + 4 for k, v in h or ()) for h in headers], np.int64
+        )
     partitions = None
     if "partition" in names:
         if not pa.types.is_integer(table.column("partition").type):
@@ -159,7 +165,9 @@ def columns_from_table(table: Any, *, record_overhead: int) -> TableColumns:
 
 
 def _lengths(col: Any, pc: Any, np: Any) -> Any:
-    return np.asarray(pc.fill_null(pc.binary_length(col), 0).to_numpy(zero_copy_only=False), np.int64)
+    return np.asarray(
+        pc.fill_null(pc.binary_length(col), 0).to_numpy(zero_copy_only=False), np.int64
+    )
 
 
 def _binary(table: Any, name: str) -> Any:
@@ -167,7 +175,9 @@ def _binary(table: Any, name: str) -> Any:
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         return col.cast(pa.binary())
     if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
-        raise InvalidRequest(f"send_batch: column {name!r} must be binary or string, not {col.type}")
+        raise InvalidRequest(
+            f"send_batch: column {name!r} must be binary or string, not {col.type}"
+        )
     return col
 
 
@@ -176,5 +186,7 @@ def _timestamp_column(table: Any) -> list[int | None]:
     if pa.types.is_timestamp(col.type):
         col = col.cast(pa.timestamp("ms")).cast(pa.int64())
     elif not pa.types.is_integer(col.type):
-        raise InvalidRequest(f"send_batch: column 'timestamp' must be int64 ms or a timestamp, not {col.type}")
+        raise InvalidRequest(
+            f"send_batch: column 'timestamp' must be int64 ms or a timestamp, not {col.type}"
+        )
     return col.to_pylist()
