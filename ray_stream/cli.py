@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     consume.add_argument("--print-offsets", action="store_true")
 
+    from ray_stream.chaos_cli import add_parser as add_chaos_parser
+
+    add_chaos_parser(sub)
+
     demo = sub.add_parser("demo", help="start an embedded cluster, produce, consume, report")
     _settings_args(demo)
     demo.add_argument("--records", type=int, default=20_000)
@@ -114,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "start":
         return _start(args)
+    if args.command == "chaos":
+        from ray_stream.chaos_cli import run as run_chaos
+
+        return run_chaos(args)
     if args.command == "demo":
         from ray_stream.demo import run_demo
 

@@ -75,7 +75,8 @@ CHUNK_BYTES = 16 * 1024 * 1024  # cache unit, as DESIGN.md: one GET per chunk ho
 MAX_FLUSHES_IN_FLIGHT = 3  # PUTs overlap; commits still leave in flush order
 BROKERS_TTL_S = 10.0
 PEER_TIMEOUT_S = 2.0  # a restarting peer is left out of the broker list, not waited for
-SESSION_GAP_TIMEOUT_S = 30.0
+SESSION_GAP_TIMEOUT_S = 5.0  # Ray reorders calls by ms; a caller that died leaves a gap
+REBIND_WAIT_S = 20.0
 
 
 @dataclass(slots=True)
@@ -122,6 +123,16 @@ class _KafkaFront:
         self.brokers = agent.brokers
         self.produce = agent.produce  # bound directly: no extra await before buffering
         self.fetch = agent.fetch
+
+
+def _restarted() -> bool:
+    """True in an actor process Ray started again after the previous one died."""
+    import ray
+
+    try:
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # outside an actor (unit tests)
+        return False
 
 
 class AgentActor:
@@ -193,14 +204,14 @@ class AgentActor:
         if self.settings.kafka_port == -1:
             port = await self._previous_port()
             try:
-                self._server = await start_kafka_server(_KafkaFront(self), host=host, port=port)
+                self._server = await self._bind(host, port)
             except OSError:
                 if port == 0:
                     raise
                 self._server = await start_kafka_server(_KafkaFront(self), host=host, port=0)
         else:
             port = self.settings.kafka_port + self.index
-            self._server = await start_kafka_server(_KafkaFront(self), host=host, port=port)
+            self._server = await self._bind(host, port)
         bound = self._server.sockets[0].getsockname()
         self._address = BrokerInfo(node_id=self.index, host=host, port=bound[1])
         if self.settings.kafka_port == -1:  # remembered for this agent's next incarnation
@@ -215,6 +226,21 @@ class AgentActor:
         except Exception:  # no metadata actor (yet): any free port
             return 0
         return info.port if info is not None and info.host == self.settings.kafka_host else 0
+
+    async def _bind(self, host: str, port: int) -> Any:
+        """Listen on ``port``, waiting out a predecessor process that still holds it
+        (after a restart, clients only know the old address)."""
+        from ray_stream.server.kafka_server import start_kafka_server
+
+        wait_s = REBIND_WAIT_S if port and _restarted() else 0.0
+        deadline = self._clock.monotonic_s() + wait_s
+        while True:
+            try:
+                return await start_kafka_server(_KafkaFront(self), host=host, port=port)
+            except OSError:
+                if self._clock.monotonic_s() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def _start_quietly(self) -> None:
         try:

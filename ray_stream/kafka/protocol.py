@@ -40,6 +40,7 @@ from kio.serial.errors import SerialError
 from kio.static.constants import EntityType
 
 from ray_stream.errors import CorruptData, InternalError, InvalidRequest
+from ray_stream.kafka.bounds import check_body
 from ray_stream.kafka.framing import LENGTH_PREFIX_BYTES
 from ray_stream.kafka.versions import API_NAMES, SUPPORTED_VERSIONS, ApiKey, is_supported
 
@@ -58,7 +59,15 @@ __all__ = [
 
 _HEADER_PREFIX = struct.Struct(">hhi")  # api_key, api_version, correlation_id
 # What kio's native readers raise besides SerialError on hostile input.
-_READ_ERRORS = (SerialError, ValueError, TypeError, OverflowError, UnicodeDecodeError)
+_READ_ERRORS = (
+    SerialError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    UnicodeDecodeError,
+    KeyError,  # kio: 'Unknown tagged field tag'
+    CorruptData,  # bounds.check_body
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -127,6 +136,7 @@ def parse_request(frame: bytes) -> Request:
     cls = request_class(api_key, api_version)
     try:
         header, header_size = entity_reader(cls.__header_schema__)(frame, 0)
+        check_body(cls, frame, header_size)  # kio's native reader trusts lengths
         body, _ = entity_reader(cls)(frame, header_size)
     except _READ_ERRORS as exc:
         raise CorruptData(

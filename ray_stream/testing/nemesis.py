@@ -15,7 +15,8 @@ Kinds (``FAULT_KINDS``):
   cluster again on the same data_dir and object store. Fired: every pid changed.
 
 Every fault ends with a probe: one recorded send through the Python API must succeed
-(``recovered``). The time from the fault to that success is in ``evidence``.
+(``recovered``), and every agent the fault restarted must listen for Kafka clients again
+by itself. The time from the fault to that success is in ``evidence``.
 
 Actor introspection uses the actors' own ``pid``/``node_id``/``inject_faults``/
 ``fault_counts`` methods when they exist, else Ray's ``__ray_call__`` with a function
@@ -211,12 +212,18 @@ class Nemesis:
         return self._kill(cluster.agent(index), evidence)
 
     def _serves_kafka(self, kind: str, evidence: dict[str, Any]) -> bool:
-        """After an agent restart: does it listen for Kafka clients again on its own?"""
+        """After agents restarted: does each listen for Kafka clients again on its own?
+
+        ``kill-agent`` restarts one agent; node removal (agents on that node) and a cluster
+        restart may restart all. ``evidence["kafka_listeners"]`` maps agent -> listening.
+        """
         cluster = self.ctx.holder.current
-        if kind != "kill-agent" or cluster.settings.kafka_port == 0:
+        if cluster.settings.kafka_port == 0 or kind in ("kill-metadata", "store-faults"):
             return True
-        evidence["kafka_listener"] = _listening(cluster.agent(evidence["agent"]), 20.0)
-        return bool(evidence["kafka_listener"])
+        indexes = [evidence["agent"]] if kind == "kill-agent" else range(cluster.settings.agents)
+        listening = {i: _listening(cluster.agent(i), 20.0) for i in indexes}
+        evidence["kafka_listeners"] = listening
+        return all(listening.values())
 
     def _kill_metadata(self, evidence: dict[str, Any]) -> bool:
         return self._kill(self.ctx.holder.current.metadata, evidence)

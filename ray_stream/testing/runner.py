@@ -40,11 +40,11 @@ from ray_stream.testing.bootstrap import (
 )
 from ray_stream.testing.checker import check
 from ray_stream.testing.history import OK, History
+from ray_stream.testing.kafka_workload import KafkaProducerWorker
 from ray_stream.testing.nemesis import FAULT_KINDS, Nemesis, NemesisContext, actor_call
 from ray_stream.testing.workload import (
     ClusterHolder,
     ConsumerWorker,
-    KafkaProducerWorker,
     ProducerWorker,
     read_committed,
 )

@@ -19,7 +19,7 @@ import time
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 import ray_stream
@@ -35,6 +35,9 @@ FD_BUDGET = 16
 TOPIC = "fuzz"
 SETTINGS = settings(
     deadline=None,
+    # No shrinking: once the agent has died every later example fails too, so the first
+    # failing frame (named in the message) is the culprit.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
     database=None,
     suppress_health_check=list(HealthCheck),
     derandomize=False,
@@ -70,6 +73,13 @@ def _valid_frames() -> list[bytes]:
 
 VALID = _valid_frames()
 EXTREME_INTS = [-(2**31), -2, -1, 0, 1, 2**15, 2**31 - 1]
+# Unsigned varints as flexible versions encode compact array/string/bytes lengths + 1.
+HUGE_UVARINTS = [b"\xff\xff\xff\xff\x0f", b"\xff\xff\xff\x7f", b"\x80\x80\x80\x80\x08", b"\x00"]
+# Found by this test: a Metadata v9 request whose topics compact-array length is 2**32-2.
+# kio's native reader tried to allocate ~253 GB and the Rust allocator aborted the agent.
+KNOWN_CRASHER = bytes.fromhex(
+    "000000250003000900000001000f7261792d73747265616d2d7465737400ffffffff0f7a0000000000"
+)
 
 
 @st.composite
@@ -77,7 +87,7 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
     """A valid frame with 1-8 byte-level mutations; usually re-framed so the body parses."""
     frame = bytearray(draw(st.sampled_from(VALID)))
     for _ in range(draw(st.integers(1, 8))):
-        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "int32", "int16"]))
+        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "int32", "int16", "uvarint"]))
         pos = draw(st.integers(4, max(4, len(frame) - 1)))
         if op == "flip" and pos < len(frame):
             frame[pos] ^= 1 << draw(st.integers(0, 7))
@@ -93,6 +103,9 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
             frame[pos : pos + 2] = struct.pack(
                 ">h", draw(st.sampled_from([-1, 0, 2**15 - 1, -(2**15)]))
             )
+        elif op == "uvarint":
+            patch = draw(st.sampled_from(HUGE_UVARINTS))
+            frame[pos : pos + len(patch)] = patch
     if len(frame) >= 4 and draw(st.booleans() | st.just(True)):
         frame[0:4] = struct.pack(">i", len(frame) - 4)
     return bytes(frame)
@@ -211,31 +224,47 @@ def test_fuzzed_frames_never_crash_or_bloat_the_agent_and_clients_are_served(fuz
     client = NormalClient(f"127.0.0.1:{port}")
     client.start()
     counts = {"mutated": 0, "random": 0, "truncated": 0, "huge": 0}
+
+    def alive(data: bytes) -> None:
+        """Fail naming ``data`` if the agent process did not survive it."""
+        try:
+            now = actor_call(cluster.agent(0), "pid", timeout_s=30)
+        except Exception as exc:
+            now = f"unreachable ({type(exc).__name__})"
+        if now != pid:
+            pytest.fail(f"agent pid {pid} -> {now} after this {len(data)}-byte input: {data.hex()}")
+
     started = time.monotonic()
 
     @settings(SETTINGS, max_examples=1200)
     @given(mutated_frames())
+    @example(KNOWN_CRASHER)
     def fuzz_mutated(data: bytes) -> None:
         counts["mutated"] += 1
         _exchange(port, data)
+        alive(data)
 
     @settings(SETTINGS, max_examples=600)
     @given(random_frames())
     def fuzz_random(data: bytes) -> None:
         counts["random"] += 1
         _exchange(port, data)
+        alive(data)
 
     @settings(SETTINGS, max_examples=300)
     @given(st.sampled_from(VALID), st.integers(min_value=1, max_value=200))
     def fuzz_truncated(frame: bytes, cut: int) -> None:
         counts["truncated"] += 1
-        _exchange(port, frame[: max(1, len(frame) - cut)], close_early=True)
+        data = frame[: max(1, len(frame) - cut)]
+        _exchange(port, data, close_early=True)
+        alive(data)
 
     @settings(SETTINGS, max_examples=200)
     @given(huge_prefixes())
     def fuzz_huge(data: bytes) -> None:
         counts["huge"] += 1
         _exchange(port, data, close_early=len(data) % 2 == 0)
+        alive(data)
 
     try:
         fuzz_mutated()
