@@ -174,6 +174,7 @@ class AgentActor:
         self._brokers_at = -1e9
         self._stats = _Stats()
         self._sessions: dict[str, _Turn] = {}
+        self._generations: dict[str, int] = {}
         self._autostart: asyncio.Task[None] | None = None
         if autostart:
             try:
@@ -372,7 +373,9 @@ class AgentActor:
         """
         self._ensure_loop_state()
         if session is not None:
-            await self._wait_turn(session, seq)
+            late = await self._wait_turn(session, seq)
+            if late is not None:
+                return [BatchResult(base_offset=-1, error=late) for _ in entries]
             try:
                 waiter = self._produce(entries, acks)
             finally:
@@ -380,21 +383,37 @@ class AgentActor:
             return await waiter
         return await self._produce(entries, acks)
 
-    async def _wait_turn(self, session: str, seq: int) -> None:
+    async def _wait_turn(self, session: str, seq: int) -> Unavailable | None:
+        """Wait until call ``seq`` of ``session`` is next; an error if it came too late.
+
+        Accepted calls of one producer are always buffered in send order: a call that
+        arrives after a later one of its producer was taken (its predecessor gap timed
+        out, or the producer moved on to a newer session after an error) is refused,
+        never buffered out of order. Sessions are ``<producer>/<generation>``.
+        """
+        producer, _, generation = session.partition("/")
+        gen = int(generation or 0)
+        if gen < self._generations.get(producer, gen):
+            return Unavailable(f"call {seq} of an older session of producer {producer}: not written")
+        self._generations[producer] = gen
         turn = self._sessions.get(session)
         if turn is None:
             turn = self._sessions[session] = _Turn(next_seq=0, changed=asyncio.Condition())
         turn.last_used = self._clock.monotonic_s()
+        if seq < turn.next_seq:
+            return Unavailable(f"call {seq} of session {session} arrived after its successor: not written")
         async with turn.changed:
             try:
                 await asyncio.wait_for(
                     turn.changed.wait_for(lambda: turn.next_seq >= seq), SESSION_GAP_TIMEOUT_S
                 )
             except TimeoutError:
-                # The predecessor never arrived (its caller died mid-send): move on.
+                # The predecessor never arrived (its caller died mid-send): skip the gap;
+                # if it still turns up it is refused as late.
                 log.warning(
                     "session %s: call %d gave up waiting for %d", session, seq, turn.next_seq
                 )
+        return None
 
     def _next_turn(self, session: str, seq: int) -> None:
         turn = self._sessions.get(session)

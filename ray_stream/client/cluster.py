@@ -301,7 +301,7 @@ def read_state() -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     pid = record.get("pid")
-    if isinstance(pid, int) and not _pid_alive(pid):
+    if isinstance(pid, int) and not pid_alive(pid):
         return None
     return record
 
@@ -316,7 +316,8 @@ def clear_state() -> None:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 probe)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -24,7 +24,6 @@ from ray_stream.core.partitioner import partition_for_key
 from ray_stream.core.types import BatchResult
 from ray_stream.errors import (
     InvalidRequest,
-    Overloaded,
     RayStreamError,
     RecordTooLarge,
     Unavailable,
@@ -75,6 +74,10 @@ class _Batch:
 class Producer:
     """Sends records to a cluster. Thread-safe; use one per process or thread group.
 
+    Nothing is resent automatically (a resend could land after later batches): a failed
+    future carries the error, e.g. Overloaded when the agent's buffer was full and
+    nothing was taken in.
+
     Args:
         cluster: the Cluster handle.
         linger_ms: client-side batching delay before a send to the agent (the agent
@@ -83,9 +86,6 @@ class Producer:
         compression: None, "gzip", "snappy", "lz4" or "zstd".
         buffer_bytes: ``send`` blocks while this many bytes wait to be acknowledged.
         agent: which agent to talk to (default: spread producers round-robin).
-        delivery_timeout_s: how long batches the agent refused as Overloaded (its
-            buffer was full; nothing taken in) are resent before their futures fail.
-            Other errors are never retried: the caller decides.
     """
 
     _next_agent = 0
@@ -99,7 +99,6 @@ class Producer:
         compression: str | None = None,
         buffer_bytes: int = 32 * 1024 * 1024,
         agent: int | None = None,
-        delivery_timeout_s: float = 120.0,
     ) -> None:
         self._cluster = cluster
         self._linger_s = linger_ms / 1000
@@ -107,7 +106,6 @@ class Producer:
         self._compression = compression
         self._buffer_bytes = buffer_bytes
         self._max_record_bytes = cluster.settings.max_record_bytes
-        self._delivery_timeout_s = delivery_timeout_s
         if agent is None:
             agent = Producer._next_agent
             Producer._next_agent += 1
@@ -115,7 +113,9 @@ class Producer:
         self._partitions: dict[str, int] = {}
         self._acc: dict[tuple[str, int], _Accumulator] = {}
         self._jobs: list[Any] = []
-        self._session = uuid.uuid4().hex
+        self._producer_id = uuid.uuid4().hex
+        self._generation = 0
+        self._session = f"{self._producer_id}/0"
         self._seq = 0
         self._lock = threading.Condition()
         self._unacked_bytes = 0
@@ -388,15 +388,9 @@ class Producer:
         self,
         items: list[tuple[str, int, bytes]],
         done: Any,
-        *,
-        deadline: float | None = None,
-        attempt: int = 0,
     ) -> None:
-        """One agent call; batches the agent refused as Overloaded (never taken in, so
-        resending cannot duplicate) are resent with backoff until the delivery timeout.
-        ``done`` gets the per-batch results, or the exception that failed the call."""
-        if deadline is None:
-            deadline = time.monotonic() + self._delivery_timeout_s
+        """One agent call; ``done`` gets the per-batch results, or the exception that
+        failed the call. Nothing is resent: a resend could land after later batches."""
         ref = self._agent.produce.remote(items, -1, **self._turn())
 
         def on_reply(fut: Future[list[BatchResult]]) -> None:
@@ -406,28 +400,7 @@ class Producer:
                 self._new_session()
                 done(handles.unwrap(exc))
                 return
-            refused = [i for i, r in enumerate(results) if isinstance(r.error, Overloaded)]
-            if not refused or time.monotonic() >= deadline:
-                done(results)
-                return
-
-            def merge(outcome: list[BatchResult] | BaseException) -> None:
-                for n, i in enumerate(refused):
-                    results[i] = (
-                        outcome[n]
-                        if not isinstance(outcome, BaseException)
-                        else BatchResult(base_offset=-1, error=outcome)
-                    )
-                done(results)
-
-            timer = threading.Timer(
-                min(1.0, 0.02 * 2**attempt),
-                self._submit,
-                args=([items[i] for i in refused], merge),
-                kwargs={"deadline": deadline, "attempt": attempt + 1},
-            )
-            timer.daemon = True
-            timer.start()
+            done(results)
 
         ref.future().add_done_callback(on_reply)
 
@@ -463,7 +436,8 @@ class Producer:
     def _new_session(self) -> None:
         """After a failed call (e.g. the agent restarted), number calls afresh."""
         with self._lock:
-            self._session, self._seq = uuid.uuid4().hex, 0
+            self._generation += 1
+            self._session, self._seq = f"{self._producer_id}/{self._generation}", 0
 
     def _turn(self) -> dict[str, Any]:
         """Number this producer's calls so the agent buffers them in send order."""

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_stream.actors import handles
+from ray_stream.client.cluster import pid_alive
 from ray_stream.config import METADATA_ACTOR_NAME, agent_name
 from ray_stream.errors import InvalidRequest
 from ray_stream.testing.history import OK, FaultEvent, History, Send
@@ -242,7 +243,7 @@ class Nemesis:
         evidence.update(node_before=node, pid_before=pid, at_s=self.ctx.history.now())
         rc.remove_node(victim, allow_graceful=False)
         if self.ctx.wipe_metadata_disk:
-            _wait_for(lambda: not _pid_alive(pid), 30, 0.05)
+            _wait_for(lambda: not pid_alive(pid), 30, 0.05)
             alive = any(n["NodeID"] == node and n["Alive"] for n in ray.nodes())  # type: ignore[no-untyped-call]
             evidence["wiped"] = self._wipe() if alive else "skipped: node already declared dead"
         rc.add_node(**self.ctx.node_args)
@@ -389,16 +390,6 @@ class Nemesis:
             )
             return time.monotonic() - started
         return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _agents(cluster: Any) -> list[Any]:
