@@ -413,6 +413,8 @@ class AgentActor:
                 log.warning(
                     "session %s: call %d gave up waiting for %d", session, seq, turn.next_seq
                 )
+        if seq < turn.next_seq:  # a successor skipped the gap while this one waited
+            return Unavailable(f"call {seq} of session {session} arrived after its successor: not written")
         return None
 
     def _next_turn(self, session: str, seq: int) -> None:
