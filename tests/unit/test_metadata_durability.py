@@ -612,3 +612,30 @@ def test_restarted_agent_listens_on_the_port_its_predecessor_registered(tmp_path
     address = run(scenario())
     assert (address.host, address.port) == ("127.0.0.1", free)
     assert meta.addresses[0] == address
+
+
+def test_agent_buffers_a_producers_calls_in_order_and_refuses_overtaken_ones(tmp_path, monkeypatch):
+    import ray_stream.actors.agent as agent_mod
+
+    monkeypatch.setattr(agent_mod, "SESSION_GAP_TIMEOUT_S", 0.3)
+    meta = FakeMeta()
+    agent = make_agent(tmp_path, meta)
+
+    async def scenario():
+        # call 1 arrives before call 0: it waits for 0, then both land in order
+        second = asyncio.ensure_future(agent.produce([("t", 0, batch(b"1"))], session="p/0", seq=1))
+        await asyncio.sleep(0.05)
+        first = await agent.produce([("t", 0, batch(b"0"))], session="p/0", seq=0)
+        second = await second
+        # call 3 gives up on a missing call 2; call 2 turning up later is refused
+        third = await agent.produce([("t", 0, batch(b"3"))], session="p/0", seq=3)
+        late = await agent.produce([("t", 0, batch(b"2"))], session="p/0", seq=2)
+        # a newer session of the producer makes the older one's calls late too
+        newer = await agent.produce([("t", 0, batch(b"n"))], session="p/1", seq=0)
+        older = await agent.produce([("t", 0, batch(b"o"))], session="p/0", seq=4)
+        return first, second, third, late, newer, older
+
+    first, second, third, late, newer, older = run(scenario())
+    assert first[0].base_offset < second[0].base_offset < third[0].base_offset < newer[0].base_offset
+    assert isinstance(late[0].error, Unavailable) and "successor" in str(late[0].error)
+    assert isinstance(older[0].error, Unavailable) and "older session" in str(older[0].error)
