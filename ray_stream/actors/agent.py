@@ -413,6 +413,8 @@ class AgentActor:
                 log.warning(
                     "session %s: call %d gave up waiting for %d", session, seq, turn.next_seq
                 )
+        if gen < self._generations.get(producer, gen):  # a newer session went first
+            return Unavailable(f"call {seq} of an older session of producer {producer}: not written")
         if seq < turn.next_seq:  # a successor skipped the gap while this one waited
             return Unavailable(f"call {seq} of session {session} arrived after its successor: not written")
         return None

@@ -633,6 +633,12 @@ def test_agent_buffers_a_producers_calls_in_order_and_refuses_overtaken_ones(tmp
         # a newer session of the producer makes the older one's calls late too
         newer = await agent.produce([("t", 0, batch(b"n"))], session="p/1", seq=0)
         older = await agent.produce([("t", 0, batch(b"o"))], session="p/0", seq=4)
+        # an older session's call waiting for its turn is refused once a newer one goes first
+        waiting = asyncio.ensure_future(agent.produce([("t", 0, batch(b"w"))], session="q/0", seq=5))
+        await asyncio.sleep(0.05)
+        await agent.produce([("t", 0, batch(b"q"))], session="q/1", seq=0)
+        overtaken = await waiting
+        assert isinstance(overtaken[0].error, Unavailable)
         return first, second, third, late, newer, older
 
     first, second, third, late, newer, older = run(scenario())
