@@ -47,6 +47,11 @@ def _consumer(cluster: KafkaTestCluster, group: str, topic: str) -> Any:
             "enable.auto.commit": False,
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 200,
+            # This loop polls the members from one thread and commits synchronously: a
+            # commit can queue behind its member's own blocking JoinGroup (requests are
+            # answered in order per connection, as Kafka does) while the other members
+            # wait to be polled. A short rebalance timeout bounds that stall.
+            "max.poll.interval.ms": 10000,
             "fetch.wait.max.ms": 100,
             "partition.assignment.strategy": "cooperative-sticky",
             "check.crcs": True,
@@ -60,7 +65,7 @@ def _poll_until(
     consumers: list[Any],
     seen: dict[tuple[int, int], bytes],
     done: Callable[[], bool],
-    timeout: float = 40,
+    timeout: float = 90,
 ) -> None:
     deadline = time.monotonic() + timeout
     while not done():
