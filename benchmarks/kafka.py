@@ -64,6 +64,7 @@ class Target:
     bootstrap: str = ""
     proxy: CountingProxy | None = None
     finish: Callable[[], None] | None = None
+    after_rounds: Callable[[], None] | None = None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -114,6 +115,7 @@ def start_ray_stream(
         kafka_port=-1,
         namespace="kbench-" + uuid.uuid4().hex[:6],
         linger_ms=args.rs_linger_ms,
+        commit_group_wait_ms=args.rs_commit_group_wait_ms,
     )
     target.cleanups.append(cluster.shutdown)
     target.bootstrap = cluster.bootstrap_servers
@@ -123,6 +125,10 @@ def start_ray_stream(
         agent_flush_bytes=cluster.settings.flush_bytes,
     )
     target.finish = lambda: target.result.update(agent_stats=cluster.status()["agents"][0])
+    # the agent under saturation: segment sizes, segments per commit, buffered -> acked
+    target.after_rounds = lambda: target.result.update(
+        agent_stats_after_rounds=cluster.status()["agents"][0]
+    )
 
 
 def start_tansu_target(
@@ -259,6 +265,9 @@ def run_store(
                 if record is not None:
                     t.result["rounds"].append(record)
         for t in targets:
+            if t.after_rounds is not None:
+                t.step("stats after rounds", t.after_rounds)
+        for t in targets:
             lat = t.step(
                 "latency",
                 lambda t=t: latency_phase(
@@ -303,6 +312,12 @@ def main() -> None:
     parser.add_argument("--linger-ms", type=int, default=5, help="client linger.ms")
     parser.add_argument(
         "--rs-linger-ms", type=int, default=None, help="ray_stream agent linger (default 250)"
+    )
+    parser.add_argument(
+        "--rs-commit-group-wait-ms",
+        type=int,
+        default=None,
+        help="ray_stream agent commit grouping wait (default: its linger; 0 groups less)",
     )
     parser.add_argument("--latency-seconds", type=float, default=8.0)
     parser.add_argument("--latency-rate", type=int, default=500, help="records/s for latency")
@@ -363,6 +378,7 @@ def main() -> None:
         "partitions": args.partitions,
         "linger_ms": args.linger_ms,
         "rs_linger_ms": rs_linger,
+        "rs_commit_group_wait_ms": args.rs_commit_group_wait_ms,
         "latency_rate": args.latency_rate,
         "latency_seconds": args.latency_seconds,
         "fetch_wait_ms": args.fetch_wait_ms,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+MIB = 1024 * 1024
+
 
 def bars(runs: list[dict]) -> dict:
     by = {(r["system"], r["store"]): r for r in runs}
@@ -116,6 +118,29 @@ def _load_note(results: dict) -> str:
     return f", 1-min load average {min(loads):.1f}-{max(loads):.1f} during the rounds"
 
 
+def _saturation_note(r: dict) -> str:
+    """What the ray_stream agent did during the throughput rounds (before the latency run)."""
+    a = r.get("agent_stats_after_rounds")
+    if not a or "error" in r or not a.get("flushes"):
+        return ""
+    wait = a.get("produce_wait_ms", {})
+    text = (
+        f"{r['system']} {r['store']}:// agent during the throughput rounds: "
+        f"{a['flushes']} segments of {a['put_bytes'] / a['flushes'] / MIB:.1f} MiB on average"
+    )
+    if a.get("commit_calls"):
+        text += (
+            f", {a['committed_segments'] / a['commit_calls']:.2f} segments per commit "
+            f"(journal PUT), at most {a['max_commit_group']}"
+        )
+    if wait.get("calls"):
+        text += (
+            f"; a produce request waited in the agent (buffered -> acked) p50 "
+            f"{wait['p50']:.0f} ms, p99 {wait['p99']:.0f} ms, max {wait['max']:.0f} ms"
+        )
+    return text + "."
+
+
 def table(results: dict) -> str:
     rows = [HEADER, "|---" * 9 + "|", *(_run_row(r) for r in results["runs"])]
     pt, pg, lt = (results["bars"][k] for k in ("producer_throughput", "puts_per_gib", "e2e_p99"))
@@ -172,6 +197,10 @@ def table(results: dict) -> str:
                 "",
                 f"{r['system']} {r['store']}:// PUTs per GiB written by key folder: {parts}.",
             ]
+    for r in results["runs"]:
+        line = _saturation_note(r)
+        if line:
+            rows += ["", line]
     for r in results["runs"]:
         for m in r.get("listoffsets_mismatch", [])[:1]:
             rows.append("")

@@ -34,7 +34,16 @@ class Settings:
         linger_ms: how long an agent buffers produced batches before one PUT. Longer
             means fewer PUTs per GiB (cost) and higher produce latency.
         flush_bytes: flush early once this many bytes are buffered. Bigger objects cost
-            fewer PUTs but hold more memory per agent.
+            fewer PUTs but hold more memory per agent. When all flush slots are busy
+            (the object store is the bottleneck) a flush takes everything buffered once
+            a slot frees, so segments grow past this (bounded by agent_buffer_bytes).
+        commit_group_wait_ms: when an agent's flushes queue up behind each other (it
+            takes data faster than ``flush_bytes`` per PUT), a segment whose PUT is done
+            waits up to this long for the next one's, and both are committed in one
+            metadata round: one journal PUT for several segments, so fewer PUTs per GiB
+            at the cost of up to this much more ack latency under load. A lightly
+            loaded agent never waits. -1 (default) means ``linger_ms``; 0 groups only
+            segments that are ready together.
         max_record_bytes: the largest producer batch accepted (Kafka's
             ``message.max.bytes``, default 1 MiB + overhead).
         kafka_host / kafka_port: where agent 0 listens for the Kafka protocol; agent n
@@ -80,6 +89,7 @@ class Settings:
     agents: int = 1
     linger_ms: int = 250
     flush_bytes: int = 8 * 1024 * 1024
+    commit_group_wait_ms: int = -1
     max_record_bytes: int = 1024 * 1024 + 12
     kafka_host: str = "127.0.0.1"
     kafka_port: int = 9092
@@ -104,6 +114,7 @@ class Settings:
             "agents": self.agents >= 1,
             "linger_ms": 0 <= self.linger_ms <= 60_000,
             "flush_bytes": 1024 <= self.flush_bytes <= 1024**3,
+            "commit_group_wait_ms": -1 <= self.commit_group_wait_ms <= 60_000,
             "max_record_bytes": 1 <= self.max_record_bytes <= 64 * 1024**2,
             "kafka_port": -1 <= self.kafka_port <= 65535,
             "default_partitions": self.default_partitions >= 1,
@@ -133,6 +144,12 @@ class Settings:
                 return self.object_store
             return "file://" + str(Path(self.object_store).expanduser().resolve())
         return "file://" + str(Path(self.resolved_data_dir) / "objects")
+
+    @property
+    def resolved_commit_group_wait_ms(self) -> int:
+        if self.commit_group_wait_ms < 0:
+            return self.linger_ms
+        return self.commit_group_wait_ms
 
     @property
     def resolved_agent_buffer_bytes(self) -> int:

@@ -1,9 +1,11 @@
 """AgentActor: the stateless front of the cluster.
 
 Write path: ``produce`` buffers RecordBatch v2 bytes from any number of callers; after
-``linger_ms`` or ``flush_bytes`` one segment object is PUT, then one commit goes to the
+``linger_ms`` or ``flush_bytes`` one segment object is PUT, then its commit goes to the
 metadata actor, then every caller in that flush gets its base offsets. Commits leave in
-flush order, so one caller's batches keep their order within a partition.
+flush order through a ``CommitQueue`` (actors/commit_queue.py), so one caller's batches
+keep their order within a partition; when flushes queue up behind each other, several
+segments go in one commit (one journal PUT).
 
 Read path: ``fetch`` asks the metadata actor where the batches from an offset live, reads
 them through a byte-bounded chunk cache (concurrent misses for one chunk share one GET),
@@ -23,7 +25,8 @@ Recovery (docs/design/0002-metadata-durability.md):
   fails, or an answer comes from an epoch older than one already seen, for at most
   ``metadata_retry_s`` and never past half of ``orphan_grace_s`` after the segment's
   key was made (after that the sweep may delete it). Resending is safe:
-  ``commit_with_epoch`` answers an already-committed segment with its original offsets.
+  ``commit_many_with_epoch`` answers an already-committed segment with its original
+  offsets (actors/commit_queue.py).
 - Buffers are bounded: produce answers Unavailable once buffered plus in-flight bytes
   would pass ``agent_buffer_bytes``.
 - Ray restarts a dead agent (``max_restarts=-1``) by re-running ``__init__``, which Ray
@@ -38,9 +41,11 @@ import contextlib
 import logging
 import os
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray_stream.actors.commit_queue import CommitQueue, Place
 from ray_stream.actors.handles import MetadataProxy, call, get_agent
 from ray_stream.clock import SystemClock
 from ray_stream.config import Settings
@@ -56,11 +61,9 @@ from ray_stream.core.types import (
 )
 from ray_stream.errors import (
     CorruptData,
-    Fenced,
     InvalidRequest,
     OffsetOutOfRange,
     Overloaded,
-    RayStreamError,
     RecordTooLarge,
     StorageUnavailable,
     Unavailable,
@@ -72,7 +75,7 @@ from ray_stream.storage.url import open_store
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 16 * 1024 * 1024  # cache unit, as DESIGN.md: one GET per chunk however many readers
-MAX_FLUSHES_IN_FLIGHT = 3  # PUTs overlap; commits still leave in flush order
+MAX_FLUSHES_IN_FLIGHT = 3  # PUTs overlap; commits still leave in flush order (CommitQueue)
 BROKERS_TTL_S = 10.0
 PEER_TIMEOUT_S = 2.0  # a restarting peer is left out of the broker list, not waited for
 SESSION_GAP_TIMEOUT_S = 5.0  # Ray reorders calls by ms; a caller that died leaves a gap
@@ -97,6 +100,7 @@ class _Pending:
     ]  # (result index, topic, partition, bytes, header)
     results: list[BatchResult | None]
     future: asyncio.Future[list[BatchResult]] | None
+    enqueued_s: float = 0.0  # monotonic time the call was buffered
 
 
 @dataclass(slots=True)
@@ -110,6 +114,8 @@ class _Stats:
     bytes_in: int = 0
     fetches: int = 0
     failures: dict[str, int] = field(default_factory=dict)
+    # buffered -> answered, per produce call, over the latest calls (linger + PUT + commit)
+    produce_wait_ms: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
 
 class _KafkaFront:
@@ -152,11 +158,16 @@ class AgentActor:
         self.store = open_store(settings.resolved_object_store)
         ns = settings.namespace
         self.meta = MetadataProxy(namespace=ns, retry_s=settings.metadata_retry_s)
-        self._meta_once = MetadataProxy(namespace=ns)  # the commit loop retries itself
-        self._epoch = 0  # the highest metadata epoch seen
+        self._meta_once = MetadataProxy(namespace=ns)  # the commit queue retries itself
+        self._clock = SystemClock()
+        self._commits = CommitQueue(
+            self._send_commits,
+            clock=self._clock,
+            wait_s=settings.resolved_commit_group_wait_ms / 1000,
+            retry_s=settings.metadata_retry_s,
+        )
         self._inflight_bytes = 0
         self._start_lock = asyncio.Lock()
-        self._clock = SystemClock()
         self._rand = random.Random()
         self._cache = ByteLRU(settings.cache_bytes)
         self._inflight_gets: dict[tuple[str, int], asyncio.Future[bytes]] = {}
@@ -166,7 +177,6 @@ class AgentActor:
         self._wakeup: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._flush_slots: asyncio.Semaphore | None = None
-        self._last_commit: asyncio.Future[None] | None = None
         self._flush_tasks: set[asyncio.Task[None]] = set()
         self._server: Any = None
         self._address: BrokerInfo | None = None
@@ -309,8 +319,12 @@ class AgentActor:
             "cache_bytes": self._cache.size_bytes,
             "pending_bytes": self._pending_bytes,
             "inflight_bytes": self._inflight_bytes,
-            "metadata_epoch": self._epoch,
-            "failures": dict(s.failures),
+            "metadata_epoch": self._commits.epoch,
+            "commit_calls": self._commits.stats.calls,
+            "committed_segments": self._commits.stats.segments,
+            "max_commit_group": self._commits.stats.max_group,
+            "failures": _merged(s.failures, self._commits.stats.failures),
+            "produce_wait_ms": _percentiles(s.produce_wait_ms),
         }
 
     async def inject_faults(self, spec: dict[str, Any]) -> dict[str, int]:
@@ -394,14 +408,18 @@ class AgentActor:
         producer, _, generation = session.partition("/")
         gen = int(generation or 0)
         if gen < self._generations.get(producer, gen):
-            return Unavailable(f"call {seq} of an older session of producer {producer}: not written")
+            return Unavailable(
+                f"call {seq} of an older session of producer {producer}: not written"
+            )
         self._generations[producer] = gen
         turn = self._sessions.get(session)
         if turn is None:
             turn = self._sessions[session] = _Turn(next_seq=0, changed=asyncio.Condition())
         turn.last_used = self._clock.monotonic_s()
         if seq < turn.next_seq:
-            return Unavailable(f"call {seq} of session {session} arrived after its successor: not written")
+            return Unavailable(
+                f"call {seq} of session {session} arrived after its successor: not written"
+            )
         async with turn.changed:
             try:
                 await asyncio.wait_for(
@@ -414,9 +432,13 @@ class AgentActor:
                     "session %s: call %d gave up waiting for %d", session, seq, turn.next_seq
                 )
         if gen < self._generations.get(producer, gen):  # a newer session went first
-            return Unavailable(f"call {seq} of an older session of producer {producer}: not written")
+            return Unavailable(
+                f"call {seq} of an older session of producer {producer}: not written"
+            )
         if seq < turn.next_seq:  # a successor skipped the gap while this one waited
-            return Unavailable(f"call {seq} of session {session} arrived after its successor: not written")
+            return Unavailable(
+                f"call {seq} of session {session} arrived after its successor: not written"
+            )
         return None
 
     def _next_turn(self, session: str, seq: int) -> None:
@@ -462,7 +484,14 @@ class AgentActor:
         future: asyncio.Future[list[BatchResult]] | None = (
             loop.create_future() if acks != 0 else None
         )
-        self._enqueue(_Pending(entries=valid, results=results, future=future))
+        self._enqueue(
+            _Pending(
+                entries=valid,
+                results=results,
+                future=future,
+                enqueued_s=self._clock.monotonic_s(),
+            )
+        )
         if future is None:
             done.set_result([])
             return done
@@ -524,37 +553,31 @@ class AgentActor:
             pendings, moved = self._pending, self._pending_bytes
             self._pending, self._pending_bytes = [], 0
             self._inflight_bytes += moved
-            previous = self._last_commit
-            loop = asyncio.get_running_loop()
-            committed: asyncio.Future[None] = loop.create_future()
-            self._last_commit = committed
-            task = loop.create_task(self._flush(pendings, previous, committed, moved))
+            place = self._commits.reserve()  # in flush order: commits leave in this order
+            task = asyncio.get_running_loop().create_task(self._flush(pendings, place, moved))
             self._flush_tasks.add(task)
             task.add_done_callback(self._flush_tasks.discard)
 
-    async def _flush(
-        self,
-        pendings: list[_Pending],
-        previous: asyncio.Future[None] | None,
-        committed: asyncio.Future[None],
-        size: int,
-    ) -> None:
+    async def _flush(self, pendings: list[_Pending], place: Place, size: int) -> None:
         assert self._flush_slots is not None
         try:
-            outcome = await self._write_and_commit(pendings, previous)
-        except Exception as exc:  # loop boundary: every caller of this flush gets the error
-            log.exception("flush failed")
-            outcome = exc
+            try:
+                staged: CommitRequest | Exception
+                staged, give_up = await self._write_segment(pendings)
+            except Exception as exc:  # loop boundary: every caller of this flush gets the error
+                log.exception("flush failed")
+                staged, give_up = exc, 0.0
+            outcome = await self._commits.commit(place, staged, give_up=give_up)
         finally:
-            if not committed.done():
-                committed.set_result(None)
             self._flush_slots.release()
             self._inflight_bytes -= size
         self._answer(pendings, outcome)
 
-    async def _write_and_commit(
-        self, pendings: list[_Pending], previous: asyncio.Future[None] | None
-    ) -> list[BatchResult] | Exception:
+    async def _write_segment(
+        self, pendings: list[_Pending]
+    ) -> tuple[CommitRequest | Exception, float]:
+        """Build and PUT one segment; its commit request (or the PUT's error) and the
+        monotonic time after which it must not be committed."""
         flat = [e for p in pendings for e in p.entries]
         seg = [
             SegmentBatch(
@@ -577,9 +600,7 @@ class AgentActor:
         give_up = self._clock.monotonic_s() + self.settings.orphan_grace_s / 2
         failed = await self._put_segment(key, body)
         if failed is not None:
-            if previous is not None:
-                await previous
-            return failed
+            return failed, give_up
         self._stats.puts += 1
         self._stats.put_bytes += len(body)
         self._stats.flushes += 1
@@ -603,9 +624,7 @@ class AgentActor:
                 for s, (pos, length) in zip(seg, positions, strict=True)
             ),
         )
-        if previous is not None:
-            await previous  # commits leave in flush order
-        return await self._commit(request, give_up=give_up)
+        return request, give_up
 
     async def _put_segment(self, key: str, body: bytes) -> Exception | None:
         """PUT with retries (same key and bytes: a repeat is harmless); the error if all
@@ -631,40 +650,12 @@ class AgentActor:
             delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
 
-    async def _commit(
-        self, request: CommitRequest, *, give_up: float
-    ) -> list[BatchResult] | Exception:
-        """Commit, resending while the metadata actor is away or in trouble (see module doc).
-
-        Returns the results, or the error to answer every caller of the flush with.
-        """
-        deadline = min(give_up, self._clock.monotonic_s() + self.settings.metadata_retry_s)
-        delay = 0.05
-        while True:
-            try:
-                results, epoch = await self._meta_once.commit_with_epoch(request)
-                if epoch >= self._epoch:
-                    self._epoch = epoch
-                    return list(results)
-                error: Exception = Unavailable(
-                    f"answer from metadata epoch {epoch}, older than epoch {self._epoch}"
-                )
-            except (Unavailable, Fenced) as exc:  # includes StorageUnavailable: resend
-                error = exc
-            except RayStreamError as exc:
-                self._count_failure("commit")
-                return exc
-            except Exception as exc:  # an unexpected Ray error: the outcome is unknown
-                error = Unavailable(f"metadata commit failed: {exc!r}")
-            self._count_failure("commit")
-            if self._clock.monotonic_s() + delay > deadline:
-                return Unavailable(f"commit of {request.segment_key} gave up: {error}")
-            log.warning("commit of %s failed, resending: %s", request.segment_key, error)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    async def _send_commits(self, requests: list[CommitRequest]) -> tuple[list[Any], int]:
+        answers, epoch = await self._meta_once.commit_many_with_epoch(requests)
+        return list(answers), int(epoch)
 
     def _answer(self, pendings: list[_Pending], outcome: list[BatchResult] | Exception) -> None:
-        cursor = 0
+        cursor, now = 0, self._clock.monotonic_s()
         for pending in pendings:
             for result_index, *_ in pending.entries:
                 if isinstance(outcome, Exception):
@@ -674,6 +665,8 @@ class AgentActor:
                 cursor += 1
             if pending.future is not None and not pending.future.done():
                 pending.future.set_result([r for r in pending.results if r is not None])
+        waited_ms = [(now - p.enqueued_s) * 1000 for p in pendings]
+        self._stats.produce_wait_ms.extend(waited_ms)
 
     def _count_failure(self, kind: str) -> None:
         self._stats.failures[kind] = self._stats.failures.get(kind, 0) + 1
@@ -794,3 +787,19 @@ class AgentActor:
         """Write-through: readers of fresh data hit the agent that wrote it."""
         for index in range(max(1, (len(body) + CHUNK_BYTES - 1) // CHUNK_BYTES)):
             self._cache.put((key, index), body[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES])
+
+
+def _merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in a.keys() | b.keys()}
+
+
+def _percentiles(values: deque[float]) -> dict[str, float]:
+    """p50/p99/max of a window of latencies (nearest rank), and how many there were."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"calls": 0}
+
+    def rank(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"calls": len(ordered), "p50": rank(0.5), "p99": rank(0.99), "max": rank(1.0)}

@@ -32,7 +32,7 @@ from ray_stream.config import METADATA_ACTOR_NAME, Settings, agent_name
 from ray_stream.errors import Fenced, RayStreamError, Unavailable
 
 # Ray binds the machine's external address unless told otherwise; keep it on loopback.
-_RAY_ENV_DEFAULTS = {
+RAY_ENV_DEFAULTS = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -43,7 +43,7 @@ def ensure_ray(*, address: str | None = None, namespace: str) -> bool:
     """Start or attach to Ray. Returns True when this call started it."""
     if ray.is_initialized():
         return False
-    for key, value in _RAY_ENV_DEFAULTS.items():
+    for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": False}
     if address is None:

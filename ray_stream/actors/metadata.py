@@ -17,9 +17,10 @@ Rules this module keeps (docs/design/0002-metadata-durability.md):
    apply. A round whose journal PUT is *in doubt* is re-written (and applied) before
    anything else is planned; a ``Fenced`` round means a newer incarnation exists: this
    one answers every later write with ``Fenced`` and never journals again.
-4. **Group commit.** ``commit``/``commit_with_epoch`` and ``commit_offsets`` queue; one
-   committer task drains the queue into one round (one plan, one SQLite transaction,
-   one journal PUT), answers every caller, and loops while more arrived.
+4. **Group commit.** ``commit``/``commit_with_epoch``/``commit_many_with_epoch`` and
+   ``commit_offsets`` queue; one committer task drains the queue into one round (one
+   plan, one SQLite transaction, one journal PUT), answers every caller, and loops
+   while more arrived.
 5. **Waiters are woken by commits**, never by polling.
 6. **Orphans are swept by age.** A segment no batch references is deleted once its ULID
    time is older than ``orphan_grace_s``; commits of segments older than half of that
@@ -231,12 +232,32 @@ class MetadataActor:
         results: list[BatchResult] = await self._enqueue(_Op(future, request, retry=True))
         return results, self._journal.epoch
 
+    async def commit_many_with_epoch(
+        self, requests: list[CommitRequest]
+    ) -> tuple[list[list[BatchResult] | RayStreamError], int]:
+        """``commit_with_epoch`` for several segments at once, all in one commit round
+        (one journal PUT), in the given order. The agent's ``CommitQueue`` sends these.
+
+        Returns:
+            Per request, its results or the error that refused it (as ``commit`` raises:
+            StorageUnavailable, Fenced, Unavailable), and this incarnation's epoch.
+        """
+        loop = asyncio.get_running_loop()
+        ops = [_Op(loop.create_future(), request, retry=True) for request in requests]
+        self._queue.extend(ops)
+        self._start_committer()
+        answers = await asyncio.gather(*(op.future for op in ops), return_exceptions=True)
+        return [_as_answer(answer) for answer in answers], self._journal.epoch
+
     async def _enqueue(self, op: _Op) -> Any:
         self._queue.append(op)
+        self._start_committer()
+        return await op.future
+
+    def _start_committer(self) -> None:
         if not self._committing:
             self._committing = True
             self._spawn(self._commit_rounds())
-        return await op.future
 
     async def _commit_rounds(self) -> None:
         try:
@@ -689,6 +710,13 @@ class MetadataActor:
 
 def _same(value: T) -> T:
     return value
+
+
+def _as_answer(answer: Any) -> Any:
+    """A commit's answer for Ray to carry: results, or a ray_stream error as a value."""
+    if isinstance(answer, RayStreamError) or not isinstance(answer, BaseException):
+        return answer
+    return InternalError(f"commit failed: {answer!r}")
 
 
 def _fail(ops: list[_Op], exc: RayStreamError) -> None:

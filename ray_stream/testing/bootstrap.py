@@ -48,11 +48,9 @@ def start_ray(worker_nodes: int) -> tuple[Any | None, bool]:
 
     if ray.is_initialized():
         return None, False  # an existing Ray (e.g. a test session): no node faults
-    for key, value in {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }.items():
+    from ray_stream.actors.handles import RAY_ENV_DEFAULTS
+
+    for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     temp = os.environ.get("RAY_TMPDIR")
     if worker_nodes <= 0:

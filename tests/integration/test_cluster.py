@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pyarrow as pa
@@ -64,6 +65,32 @@ def test_round_trip_s3_store(ray_session, tmp_path, s3_url, unique_name):
         assert stats["puts"] >= 1
     finally:
         c.shutdown()
+
+
+def test_flushes_that_queue_up_commit_together_and_keep_their_order(
+    ray_session, tmp_path, unique_name
+):
+    # Segment PUTs take 0.4 s and the agent lingers 10 ms: flushes queue up behind each
+    # other, so the agent commits several segments per metadata round (one journal PUT).
+    slow = f"faulty+file://{tmp_path}/objects#latency_s=0.4&key_prefix=segments/"
+    c = _start(tmp_path, object_store=slow, linger_ms=10, commit_group_wait_ms=1000)
+    try:
+        c.create_topic(unique_name, 1)
+        with c.producer(linger_ms=1) as producer:
+            futures = []
+            for i in range(40):
+                futures.append(producer.send(unique_name, f"v{i}".encode()))
+                time.sleep(0.02)
+            offsets = [f.result(timeout=60).offset for f in futures]
+        agent = c.status()["agents"][0]
+        table = c.read_table(unique_name)
+    finally:
+        c.shutdown()
+    assert offsets == list(range(40))  # acked in send order
+    assert table.column("value").to_pylist() == [f"v{i}".encode() for i in range(40)]
+    assert agent["committed_segments"] == agent["flushes"] > 1
+    assert agent["commit_calls"] < agent["flushes"]  # segments shared commits
+    assert agent["max_commit_group"] >= 2
 
 
 def test_per_partition_order_under_three_concurrent_producers(cluster, unique_name):

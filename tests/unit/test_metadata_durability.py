@@ -478,18 +478,21 @@ class FakeMeta:
     async def register_agent(self, index, address):
         self.addresses[index] = address
 
-    async def commit_with_epoch(self, request):
-        self.requests.append(request)
+    async def commit_many_with_epoch(self, requests):
+        self.requests.extend(requests)
         if self.gate is not None:
             await self.gate.wait()
         answer = self.answers.pop(0) if self.answers else 1
         if isinstance(answer, Exception):
             raise answer
-        results = []
-        for batch in request.batches:
-            results.append(BatchResult(self._offset))
-            self._offset += batch.record_count
-        return results, answer
+        answers = []
+        for request in requests:
+            results = []
+            for batch in request.batches:
+                results.append(BatchResult(self._offset))
+                self._offset += batch.record_count
+            answers.append(results)
+        return answers, answer
 
 
 def make_agent(tmp_path, meta, store=None, **kw):
@@ -634,7 +637,9 @@ def test_agent_buffers_a_producers_calls_in_order_and_refuses_overtaken_ones(tmp
         newer = await agent.produce([("t", 0, batch(b"n"))], session="p/1", seq=0)
         older = await agent.produce([("t", 0, batch(b"o"))], session="p/0", seq=4)
         # an older session's call waiting for its turn is refused once a newer one goes first
-        waiting = asyncio.ensure_future(agent.produce([("t", 0, batch(b"w"))], session="q/0", seq=5))
+        waiting = asyncio.ensure_future(
+            agent.produce([("t", 0, batch(b"w"))], session="q/0", seq=5)
+        )
         await asyncio.sleep(0.05)
         await agent.produce([("t", 0, batch(b"q"))], session="q/1", seq=0)
         overtaken = await waiting
@@ -642,6 +647,40 @@ def test_agent_buffers_a_producers_calls_in_order_and_refuses_overtaken_ones(tmp
         return first, second, third, late, newer, older
 
     first, second, third, late, newer, older = run(scenario())
-    assert first[0].base_offset < second[0].base_offset < third[0].base_offset < newer[0].base_offset
+    assert (
+        first[0].base_offset < second[0].base_offset < third[0].base_offset < newer[0].base_offset
+    )
     assert isinstance(late[0].error, Unavailable) and "successor" in str(late[0].error)
     assert isinstance(older[0].error, Unavailable) and "older session" in str(older[0].error)
+
+
+def test_commit_many_is_one_round_in_order_and_resendable(tmp_path, store):
+    settings = make_settings(tmp_path)
+
+    async def scenario():
+        actor = MetadataActor(settings, store=store)
+        await actor.create_topic("t", 1)
+        reqs = [
+            request(entry(0, 2), key="segments/a.arrow"),
+            request(entry(0, 3), key="segments/b.arrow"),
+            request(entry(0, 1, topic="nope"), key="segments/c.arrow"),
+        ]
+        before = (await actor.stats())["commit_rounds"]
+        answers, epoch = await actor.commit_many_with_epoch(reqs)
+        rounds = (await actor.stats())["commit_rounds"] - before
+        resent, _ = await actor.commit_many_with_epoch(reqs[:2])  # the agent resends
+        again = MetadataActor(settings, store=store)
+        return answers, epoch, rounds, resent, await state(actor), await state(again)
+
+    answers, epoch, rounds, resent, live, rebuilt = run(scenario())
+    assert rounds == 1  # three segments, one journal PUT
+    assert [r.base_offset for r in answers[0]] == [0]
+    assert [r.base_offset for r in answers[1]] == [2]
+    assert answers[2][0].error is not None  # unknown topic: refused per batch, not raised
+    assert [[(r.base_offset, r.duplicate) for r in rs] for rs in resent] == [
+        [(0, True)],
+        [(2, True)],
+    ]
+    assert live["batches"][("t", 0)] == [("segments/a.arrow", 0, 2), ("segments/b.arrow", 2, 3)]
+    assert rebuilt == live
+    assert epoch == 1
