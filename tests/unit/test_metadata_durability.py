@@ -618,9 +618,9 @@ def test_restarted_agent_listens_on_the_port_its_predecessor_registered(tmp_path
 
 
 def test_agent_buffers_a_producers_calls_in_order_and_refuses_overtaken_ones(tmp_path, monkeypatch):
-    import ray_stream.actors.agent as agent_mod
+    import ray_stream.actors.call_order as call_order
 
-    monkeypatch.setattr(agent_mod, "SESSION_GAP_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(call_order, "SESSION_GAP_TIMEOUT_S", 0.3)
     meta = FakeMeta()
     agent = make_agent(tmp_path, meta)
 

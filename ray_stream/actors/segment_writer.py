@@ -1,0 +1,379 @@
+"""SegmentWriter: an agent's write path, from produce calls to acknowledged offsets.
+
+``write`` validates and buffers RecordBatch v2 bytes from any number of callers; after
+``linger_ms`` or ``flush_bytes`` one segment object (Arrow IPC) is PUT, its commit goes
+to the metadata actor through a ``CommitQueue`` (actors/commit_queue.py), and every
+caller of that flush gets its base offsets.
+
+Rules this module keeps:
+
+1. **Ack only what is durable**: a caller is answered "ok" only after its batch is in a
+   durable metadata commit; a failed PUT or commit fails every caller of that flush, and
+   nothing of it is visible to readers (only the metadata commit makes it so).
+2. **Buffer order is call order**: ``write`` buffers synchronously, and commits leave in
+   flush order, so one caller's batches keep their order within a partition.
+3. **Bounded memory**: a call is refused with Overloaded once buffered plus in-flight
+   bytes would pass ``agent_buffer_bytes`` (an empty writer always takes one call).
+4. **Objects are immutable**: a failed segment PUT is retried with the same key and
+   bytes up to ``segment_put_attempts`` times with backoff.
+5. At most ``MAX_FLUSHES_IN_FLIGHT`` flushes (PUT, then commit) overlap. A flush takes
+   everything buffered when a slot frees, so under backlog segments grow past
+   ``flush_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_stream.actors.commit_queue import CommitQueue, Place, SendMany
+from ray_stream.clock import Clock
+from ray_stream.config import Settings
+from ray_stream.core.segment import SegmentBatch, build_segment, new_segment_key
+from ray_stream.core.types import BatchEntry, BatchResult, CommitRequest
+from ray_stream.errors import (
+    CorruptData,
+    Overloaded,
+    RecordTooLarge,
+    StorageUnavailable,
+)
+from ray_stream.kafka.records import BatchHeader, parse_batch_header, verify_crc
+
+log = logging.getLogger(__name__)
+
+MAX_FLUSHES_IN_FLIGHT = 3
+
+Put = Callable[[str, bytes], None]  # the object store's blocking PUT
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One produce call waiting for its flush."""
+
+    entries: list[tuple[int, str, int, bytes, BatchHeader]]  # (result index, t, p, bytes, h)
+    results: list[BatchResult | None]
+    future: asyncio.Future[list[BatchResult]] | None
+    enqueued_s: float  # monotonic time the call was buffered
+
+
+@dataclass(slots=True)
+class WriteStats:
+    flushes: int = 0
+    puts: int = 0
+    put_bytes: int = 0
+    batches_in: int = 0
+    bytes_in: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    # buffered -> answered, per produce call, over the latest calls (linger + PUT + commit)
+    produce_wait_ms: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+
+
+class SegmentWriter:
+    """Buffers, writes and commits one agent's produce data (see the module doc).
+
+    Args:
+        settings: linger_ms, flush_bytes, max_record_bytes, agent_buffer_bytes,
+            segment_put_attempts, orphan_grace_s, metadata_retry_s,
+            commit_group_wait_ms.
+        name: the agent's name, for error messages.
+        put: the object store's blocking PUT (run in a thread).
+        send_commits: the metadata actor's ``commit_many_with_epoch``.
+        on_written: called with each segment's key and bytes once stored (the read
+            cache's write-through).
+        clock / rand: injected time and randomness (backoff jitter, segment keys).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str,
+        put: Put,
+        send_commits: SendMany,
+        on_written: Callable[[str, bytes], None],
+        clock: Clock,
+        rand: random.Random,
+    ) -> None:
+        self.settings = settings
+        self._name = name
+        self._put = put
+        self._on_written = on_written
+        self._clock = clock
+        self._rand = rand
+        self.commits = CommitQueue(
+            send_commits,
+            clock=clock,
+            wait_s=settings.resolved_commit_group_wait_ms / 1000,
+            retry_s=settings.metadata_retry_s,
+        )
+        self.stats = WriteStats()
+        self._pending: list[_Pending] = []
+        self.pending_bytes = 0
+        self.inflight_bytes = 0
+        self._deadline = 0.0
+        self._wakeup: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ callers
+
+    def write(
+        self, entries: list[tuple[str, int, bytes]], acks: int
+    ) -> asyncio.Future[list[BatchResult]]:
+        """Validate and buffer now (synchronously, so buffer order is call order).
+
+        Returns:
+            A future of one BatchResult per entry, resolved after the flush (at once
+            for ``acks=0``, with an empty list). Entries that fail validation carry
+            RecordTooLarge or CorruptData; a full buffer gives every entry Overloaded.
+        """
+        self._start()
+        results: list[BatchResult | None] = [None] * len(entries)
+        valid: list[tuple[int, str, int, bytes, BatchHeader]] = []
+        for i, (topic, partition, data) in enumerate(entries):
+            checked = self._check_batch(data)
+            if isinstance(checked, Exception):
+                results[i] = BatchResult(base_offset=-1, error=checked)
+            else:
+                valid.append((i, topic, partition, bytes(data), checked))
+        full = self._buffer_full(sum(len(e[3]) for e in valid))
+        if full is not None:
+            for i, *_ in valid:
+                results[i] = BatchResult(base_offset=-1, error=full)
+            self._count_failure("buffer_full")
+            valid = []
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[BatchResult]] = loop.create_future()
+        if not valid:
+            done.set_result([r for r in results if r is not None])
+            return done
+        future = loop.create_future() if acks != 0 else None
+        self._enqueue(_Pending(valid, results, future, self._clock.monotonic_s()))
+        if future is None:
+            done.set_result([])
+            return done
+        return future
+
+    async def drain(self, timeout_s: float = 6.0) -> None:
+        """Flush what is buffered now and wait (up to ``timeout_s``) for every flush."""
+        if self._pending:
+            self._deadline = 0.0
+            if self._wakeup is not None:
+                self._wakeup.set()
+        deadline = self._clock.monotonic_s() + timeout_s
+        while (self._pending or self._flushes) and self._clock.monotonic_s() < deadline:
+            await asyncio.sleep(0.01)
+
+    def _start(self) -> None:
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+            self._slots = asyncio.Semaphore(MAX_FLUSHES_IN_FLIGHT)
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    def _buffer_full(self, adding: int) -> Overloaded | None:
+        """Overloaded when ``adding`` bytes would pass ``agent_buffer_bytes`` (rule 3)."""
+        held = self.pending_bytes + self.inflight_bytes
+        limit = self.settings.resolved_agent_buffer_bytes
+        if held == 0 or held + adding <= limit:
+            return None
+        return Overloaded(
+            f"{self._name} holds {held} bytes of unacknowledged produce data; "
+            f"agent_buffer_bytes={limit}: the object store or metadata is slow, retry"
+        )
+
+    def _check_batch(self, data: bytes) -> BatchHeader | Exception:
+        if len(data) > self.settings.max_record_bytes:
+            limit = self.settings.max_record_bytes
+            return RecordTooLarge(f"batch of {len(data)} bytes is over max_record_bytes={limit}")
+        try:
+            header = parse_batch_header(data)
+        except CorruptData as exc:
+            return exc
+        if header.total_size != len(data):
+            return CorruptData(
+                f"batch length field says {header.total_size} bytes, got {len(data)}"
+            )
+        if not verify_crc(data):
+            return CorruptData("RecordBatch CRC32C mismatch: the batch was corrupted in transit")
+        return header
+
+    def _enqueue(self, pending: _Pending) -> None:
+        assert self._wakeup is not None
+        if not self._pending:
+            self._deadline = self._clock.monotonic_s() + self.settings.linger_ms / 1000
+        self._pending.append(pending)
+        added = sum(len(e[3]) for e in pending.entries)
+        self.pending_bytes += added
+        self.stats.batches_in += len(pending.entries)
+        self.stats.bytes_in += added
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ flushes
+
+    async def _flush_loop(self) -> None:
+        assert self._wakeup is not None
+        assert self._slots is not None
+        while True:
+            self._wakeup.clear()
+            if not self._pending:
+                await self._wakeup.wait()
+                continue
+            wait_s = self._deadline - self._clock.monotonic_s()
+            if self.pending_bytes < self.settings.flush_bytes and wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), wait_s)
+                continue
+            await self._slots.acquire()
+            pendings, moved = self._pending, self.pending_bytes
+            self._pending, self.pending_bytes = [], 0
+            self.inflight_bytes += moved
+            place = self.commits.reserve()  # in flush order: commits leave in this order
+            task = asyncio.get_running_loop().create_task(self._flush(pendings, place, moved))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, pendings: list[_Pending], place: Place, size: int) -> None:
+        assert self._slots is not None
+        try:
+            try:
+                staged: CommitRequest | Exception
+                staged, give_up = await self._write_segment(pendings)
+            except Exception as exc:  # loop boundary: every caller of this flush gets the error
+                log.exception("flush failed")
+                staged, give_up = exc, 0.0
+            outcome = await self.commits.commit(place, staged, give_up=give_up)
+        finally:
+            self._slots.release()
+            self.inflight_bytes -= size
+        self._answer(pendings, outcome)
+
+    async def _write_segment(
+        self, pendings: list[_Pending]
+    ) -> tuple[CommitRequest | Exception, float]:
+        """Build and PUT one segment; its commit request (or the PUT's error) and the
+        monotonic time after which it must not be committed."""
+        flat = [e for p in pendings for e in p.entries]
+        seg = [
+            SegmentBatch(
+                topic=t,
+                partition=p,
+                payload=data,
+                record_count=h.last_offset_delta + 1,
+                first_timestamp=h.first_timestamp,
+                max_timestamp=h.max_timestamp,
+                producer_id=h.producer_id,
+                producer_epoch=h.producer_epoch,
+                base_sequence=h.base_sequence,
+            )
+            for _, t, p, data, h in flat
+        ]
+        body, positions = await asyncio.to_thread(build_segment, seg)
+        key = new_segment_key(self._clock.now_ms(), self._rand)
+        # After half the orphan grace the sweep may delete an uncommitted segment: never
+        # commit it past that point (the metadata actor refuses it too).
+        give_up = self._clock.monotonic_s() + self.settings.orphan_grace_s / 2
+        failed = await self._put_segment(key, body)
+        if failed is not None:
+            return failed, give_up
+        self.stats.puts += 1
+        self.stats.put_bytes += len(body)
+        self.stats.flushes += 1
+        self._on_written(key, body)
+        batches = tuple(
+            BatchEntry(
+                topic=s.topic,
+                partition=s.partition,
+                position=pos,
+                length=length,
+                record_count=s.record_count,
+                first_timestamp=s.first_timestamp,
+                max_timestamp=s.max_timestamp,
+                producer_id=s.producer_id,
+                producer_epoch=s.producer_epoch,
+                base_sequence=s.base_sequence,
+            )
+            for s, (pos, length) in zip(seg, positions, strict=True)
+        )
+        return CommitRequest(segment_key=key, segment_bytes=len(body), batches=batches), give_up
+
+    async def _put_segment(self, key: str, body: bytes) -> Exception | None:
+        """PUT with retries (rule 4); the error if all attempts failed, else None."""
+        delay = 0.1
+        for attempt in range(1, self.settings.segment_put_attempts + 1):
+            try:
+                await asyncio.to_thread(self._put, key, body)
+                return None
+            except StorageUnavailable as exc:
+                self._count_failure("put")
+                if attempt == self.settings.segment_put_attempts:
+                    return StorageUnavailable(
+                        f"segment PUT of {len(body)} bytes to {key} failed {attempt} times: {exc}"
+                    )
+                log.warning("segment PUT %s failed (attempt %d), retrying: %s", key, attempt, exc)
+            except Exception as exc:  # a bad key or configuration: retrying cannot help
+                self._count_failure("put")
+                return StorageUnavailable(
+                    f"segment PUT of {len(body)} bytes to {key} failed: {exc}"
+                )
+            await asyncio.sleep(delay * (0.5 + self._rand.random()))
+            delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def _answer(self, pendings: list[_Pending], outcome: list[BatchResult] | Exception) -> None:
+        cursor, now = 0, self._clock.monotonic_s()
+        for pending in pendings:
+            for result_index, *_ in pending.entries:
+                if isinstance(outcome, Exception):
+                    pending.results[result_index] = BatchResult(base_offset=-1, error=outcome)
+                else:
+                    pending.results[result_index] = outcome[cursor]
+                cursor += 1
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_result([r for r in pending.results if r is not None])
+        self.stats.produce_wait_ms.extend((now - p.enqueued_s) * 1000 for p in pendings)
+
+    def _count_failure(self, kind: str) -> None:
+        self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
+
+    # ------------------------------------------------------------------- report
+
+    def report(self) -> dict[str, Any]:
+        """The write path's counters, for the agent's ``stats()``."""
+        s, c = self.stats, self.commits.stats
+        return {
+            "flushes": s.flushes,
+            "puts": s.puts,
+            "put_bytes": s.put_bytes,
+            "batches_in": s.batches_in,
+            "bytes_in": s.bytes_in,
+            "pending_bytes": self.pending_bytes,
+            "inflight_bytes": self.inflight_bytes,
+            "metadata_epoch": self.commits.epoch,
+            "commit_calls": c.calls,
+            "committed_segments": c.segments,
+            "max_commit_group": c.max_group,
+            "failures": {
+                kind: s.failures.get(kind, 0) + c.failures.get(kind, 0)
+                for kind in {*s.failures, *c.failures}
+            },
+            "produce_wait_ms": _percentiles(s.produce_wait_ms),
+        }
+
+
+def _percentiles(values: deque[float]) -> dict[str, float]:
+    """p50/p99/max of a window of latencies (nearest rank), and how many there were."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"calls": 0}
+
+    def rank(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"calls": len(ordered), "p50": rank(0.5), "p99": rank(0.99), "max": rank(1.0)}
