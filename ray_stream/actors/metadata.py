@@ -9,22 +9,19 @@ Rules this module keeps (docs/design/0002-metadata-durability.md):
 1. **The object store is the source of truth.** ``__init__`` rebuilds the state from its
    snapshots and journal (``ObjectJournal.recover``) and fences older incarnations with a
    higher epoch; the local SQLite file is this incarnation's cache.
-2. **Durable before visible.** Every change is planned on the sequencer, written to the
-   SQLite cache, then journaled (one create-only PUT), and only then applied. Readers
-   never see a change that is not in the journal; a failed round answers its callers
-   with an error and leaves memory untouched.
-3. **One writer at a time.** ``_write_lock`` serializes plan -> persist -> journal ->
-   apply. A round whose journal PUT is *in doubt* is re-written (and applied) before
-   anything else is planned; a ``Fenced`` round means a newer incarnation exists: this
-   one answers every later write with ``Fenced`` and never journals again.
+2. **One write path.** Every change goes through ``MetadataWriter``
+   (actors/metadata_writer.py): planned on the sequencer, written to the SQLite cache,
+   journaled (one create-only PUT), and only then applied; commits are group-committed
+   in rounds, and a fenced incarnation never journals again.
+3. **Durable before visible.** Readers never see a change that is not in the journal.
 4. **Group commit.** ``commit``/``commit_with_epoch``/``commit_many_with_epoch`` and
-   ``commit_offsets`` queue; one committer task drains the queue into one round (one
-   plan, one SQLite transaction, one journal PUT), answers every caller, and loops
-   while more arrived.
+   ``commit_offsets`` share one queue: one round is one plan, one SQLite transaction and
+   one journal PUT.
 5. **Waiters are woken by commits**, never by polling.
 6. **Orphans are swept by age.** A segment no batch references is deleted once its ULID
-   time is older than ``orphan_grace_s``; commits of segments older than half of that
-   are refused, so a sweep can never delete an object a commit is about to reference.
+   time is older than ``orphan_grace_s``; the writer refuses commits of segments older
+   than half of that, so a sweep can never delete an object a commit is about to
+   reference.
 """
 
 from __future__ import annotations
@@ -34,8 +31,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from ray_stream.actors.group_service import (
@@ -44,11 +40,12 @@ from ray_stream.actors.group_service import (
     JoinResult,
     SyncResult,
 )
+from ray_stream.actors.metadata_writer import MetadataWriter
 from ray_stream.actors.object_journal import ObjectJournal
 from ray_stream.clock import Clock, SystemClock
 from ray_stream.config import Settings
 from ray_stream.core.journal import segment_time_ms
-from ray_stream.core.sequencer import Changes, merge_changes
+from ray_stream.core.sequencer import Changes
 from ray_stream.core.types import (
     BatchResult,
     BrokerInfo,
@@ -58,12 +55,8 @@ from ray_stream.core.types import (
     TopicInfo,
 )
 from ray_stream.errors import (
-    Fenced,
-    InternalError,
     InvalidRequest,
     RayStreamError,
-    StorageUnavailable,
-    Unavailable,
     UnknownTopicOrPartition,
 )
 from ray_stream.storage.base import ObjectStore
@@ -71,18 +64,6 @@ from ray_stream.storage.url import open_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-R = TypeVar("R")
-
-
-@dataclass(slots=True)
-class _Op:
-    """One queued write: a segment commit, or a group's offset commit."""
-
-    future: asyncio.Future[Any]
-    request: CommitRequest | None = None
-    retry: bool = False  # the agent path: dedup by segment key (see Sequencer.plan_commits)
-    group: str = ""
-    offsets: dict[tuple[str, int], CommittedOffset] | None = None
 
 
 class MetadataActor:
@@ -111,27 +92,21 @@ class MetadataActor:
         recovered = self._journal.recover(settings, timeout_s=settings.metadata_start_timeout_s)
         self._store = recovered.cache
         self._seq = recovered.seq
-        self._write_lock = asyncio.Lock()
-        self._queue: list[_Op] = []
-        self._committing = False
         self._closed = False
         self._waiters: dict[tuple[str, int], asyncio.Event] = {}
         self._groups = GroupService()
         self._agents: dict[int, BrokerInfo] = {}
-        self._since_snapshot = 0
-        self._snapshot_at = self._clock.monotonic_s()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._snapshotting = False
+        self._writer = MetadataWriter(
+            settings,
+            seq=self._seq,
+            cache=self._store,
+            journal=self._journal,
+            clock=self._clock,
+            on_apply=self._wake,
+            spawn=self._spawn,
+        )
         self._stats: dict[str, Any] = {
-            "commit_rounds": 0,
-            "commit_requests": 0,
-            "batches_committed": 0,
-            "duplicates": 0,
-            "failed_rounds": 0,
-            "transactions": 0,
-            "persist_s": 0.0,
-            "max_round_requests": 0,
-            "snapshots": 0,
             "orphans_deleted": 0,
             "recovery_s": time.perf_counter() - started,
             "recovered_snapshot": recovered.snapshot_index,
@@ -167,7 +142,7 @@ class MetadataActor:
         def plan() -> tuple[None, Changes]:
             return None, self._seq.plan_create_topic(name, partitions, config, topic_id=topic_id)
 
-        return await self._locked_write(plan, then=lambda _: self._seq.describe_topic(name))
+        return await self._writer.write(plan, then=lambda _: self._seq.describe_topic(name))
 
     async def delete_topic(self, name: str) -> None:
         """Forget a topic, its batches, producer states and committed offsets.
@@ -175,7 +150,7 @@ class MetadataActor:
         Raises:
             UnknownTopicOrPartition, StorageUnavailable, Fenced.
         """
-        await self._locked_write(lambda: (None, self._seq.plan_delete_topic(name)), then=_same)
+        await self._writer.write(lambda: (None, self._seq.plan_delete_topic(name)), then=_same)
 
     async def create_partitions(self, name: str, total: int) -> TopicInfo:
         """Grow a topic to ``total`` partitions.
@@ -183,7 +158,7 @@ class MetadataActor:
         Raises:
             UnknownTopicOrPartition, InvalidPartitions, StorageUnavailable, Fenced.
         """
-        return await self._locked_write(
+        return await self._writer.write(
             lambda: (None, self._seq.plan_create_partitions(name, total)),
             then=lambda _: self._seq.describe_topic(name),
         )
@@ -209,10 +184,7 @@ class MetadataActor:
             Fenced: a newer metadata incarnation took over; nothing of the round is kept.
             Unavailable: the segment is too old to commit safely (rewrite it).
         """
-        results: list[BatchResult] = await self._enqueue(
-            _Op(asyncio.get_running_loop().create_future(), request)
-        )
-        return results
+        return await self._writer.commit(request, retry=False)
 
     async def commit_with_epoch(self, request: CommitRequest) -> tuple[list[BatchResult], int]:
         """``commit`` for agents: safe to resend, and tells which epoch answered.
@@ -228,8 +200,7 @@ class MetadataActor:
         Raises:
             As ``commit``.
         """
-        future = asyncio.get_running_loop().create_future()
-        results: list[BatchResult] = await self._enqueue(_Op(future, request, retry=True))
+        results = await self._writer.commit(request, retry=True)
         return results, self._journal.epoch
 
     async def commit_many_with_epoch(
@@ -242,196 +213,16 @@ class MetadataActor:
             Per request, its results or the error that refused it (as ``commit`` raises:
             StorageUnavailable, Fenced, Unavailable), and this incarnation's epoch.
         """
-        loop = asyncio.get_running_loop()
-        ops = [_Op(loop.create_future(), request, retry=True) for request in requests]
-        self._queue.extend(ops)
-        self._start_committer()
-        answers = await asyncio.gather(*(op.future for op in ops), return_exceptions=True)
-        return [_as_answer(answer) for answer in answers], self._journal.epoch
-
-    async def _enqueue(self, op: _Op) -> Any:
-        self._queue.append(op)
-        self._start_committer()
-        return await op.future
-
-    def _start_committer(self) -> None:
-        if not self._committing:
-            self._committing = True
-            self._spawn(self._commit_rounds())
-
-    async def _commit_rounds(self) -> None:
-        try:
-            while self._queue:
-                ops, self._queue = self._queue, []
-                await self._commit_round(ops)
-        finally:
-            self._committing = False
-
-    async def _commit_round(self, ops: list[_Op]) -> None:
-        async with self._write_lock:
-            try:
-                await self._ready_to_write()
-            except RayStreamError as exc:
-                _fail(ops, exc)
-                return
-            commits = [op for op in ops if op.request is not None and self._fresh(op)]
-            try:
-                requests = [op.request for op in commits if op.request is not None]
-                results, changes = self._seq.plan_commits(
-                    requests, retries=[op.retry for op in commits]
-                )
-            except Exception as exc:  # a bug: answer the callers instead of hanging them
-                _fail(ops, InternalError(f"planning a commit round failed: {exc!r}"))
-                return
-            parts, offset_ops = [changes], []
-            for op in ops:
-                if op.offsets is not None:
-                    try:
-                        parts.append(self._seq.plan_commit_offsets(op.group, op.offsets))
-                        offset_ops.append(op)
-                    except RayStreamError as exc:
-                        op.future.set_exception(exc)
-                    except Exception as exc:  # malformed input that slipped past the checks
-                        op.future.set_exception(InvalidRequest(f"bad offset commit: {exc!r}"))
-            try:
-                await self._write(merge_changes(parts))
-            except (StorageUnavailable, Fenced) as exc:
-                self._stats["failed_rounds"] += 1
-                _fail(commits + offset_ops, exc)
-                return
-            except Exception as exc:  # a bug: answer the callers instead of hanging them
-                _fail(commits + offset_ops, InternalError(f"commit round failed: {exc!r}"))
-                return
-        self._count_round(commits, results, changes)
-        for op, result in zip(commits, results, strict=True):
-            if not op.future.done():
-                op.future.set_result(result)
-        for op in offset_ops:
-            if not op.future.done():
-                op.future.set_result(None)
-
-    def _fresh(self, op: _Op) -> bool:
-        """Refuse segments the orphan sweep may already consider (rule 6 of the module)."""
-        assert op.request is not None
-        key = op.request.segment_key
-        made_ms = segment_time_ms(key)
-        limit_ms = self._settings.orphan_grace_s * 500  # half the grace, in ms
-        if made_ms is None or self._clock.now_ms() - made_ms < limit_ms:
-            return True
-        if op.retry and self._seq.is_referenced(key):
-            return True  # a resend of a committed segment: answered as duplicates
-        op.future.set_exception(
-            Unavailable(
-                f"segment {key} was written {(self._clock.now_ms() - made_ms) / 1000:.0f}s "
-                f"ago, over orphan_grace_s/2; the orphan sweep may delete it: rewrite it"
-            )
-        )
-        return False
-
-    def _count_round(
-        self, commits: list[_Op], results: list[list[BatchResult]], changes: Changes
-    ) -> None:
-        stats = self._stats
-        stats["commit_rounds"] += 1
-        stats["commit_requests"] += len(commits)
-        stats["max_round_requests"] = max(stats["max_round_requests"], len(commits))
-        stats["batches_committed"] += len(changes.batches)
-        stats["duplicates"] += sum(r.duplicate for rs in results for r in rs)
-
-    # ------------------------------------------------------------- durability
-    async def _locked_write(
-        self, plan: Callable[[], tuple[T, Changes]], *, then: Callable[[T], R]
-    ) -> R:
-        async with self._write_lock:
-            await self._ready_to_write()
-            value, changes = plan()
-            await self._write(changes)
-            return then(value)
-
-    async def _ready_to_write(self) -> None:
-        """Refuse writes when closed or fenced; settle a journal entry left in doubt.
-
-        Raises:
-            StorageUnavailable, Fenced.
-        """
-        if self._closed:
-            raise StorageUnavailable("the metadata actor is closed")
-        if self._journal.fenced:
-            raise Fenced(f"metadata epoch {self._journal.epoch} was fenced by a newer one")
-        if self._journal.in_doubt is not None:
-            changes = await asyncio.to_thread(self._journal.resolve)
-            if changes is not None:
-                self._apply(changes)
-
-    async def _write(self, changes: Changes) -> None:
-        """Persist to the SQLite cache, journal, then apply; the caller holds the lock.
-
-        Raises:
-            StorageUnavailable: nothing was applied (the entry may be in doubt).
-            Fenced: nothing was applied, ever will be, by this incarnation.
-        """
-        if changes.empty:
-            return
-        started = time.perf_counter()
-        try:
-            await asyncio.to_thread(self._store.persist, changes)
-        except StorageUnavailable:
-            raise
-        except Exception as exc:  # the store translates sqlite errors; anything else too
-            raise StorageUnavailable(f"metadata write failed: {exc!r}") from exc
-        try:
-            await asyncio.to_thread(self._journal.append, changes)
-        except (StorageUnavailable, Fenced):
-            raise
-        except Exception as exc:  # unexpected: the entry stays in doubt, resolved later
-            raise StorageUnavailable(f"metadata journal write failed: {exc!r}") from exc
-        self._stats["transactions"] += 1
-        self._stats["persist_s"] += time.perf_counter() - started
-        self._apply(changes)
-        self._since_snapshot += 1
-        interval = self._settings.snapshot_interval_s
-        if self._since_snapshot >= self._settings.snapshot_every_rounds or (
-            self._clock.monotonic_s() - self._snapshot_at >= interval
-        ):
-            self._spawn(self._snapshot_quietly())
-
-    def _apply(self, changes: Changes) -> None:
-        self._seq.apply(changes)
-        self._wake(changes)
+        return await self._writer.commit_many(requests), self._journal.epoch
 
     async def snapshot(self) -> int:
         """Write a snapshot of the current state now; returns the journal index it holds.
 
         Raises:
+            Unavailable: a snapshot is already being written.
             StorageUnavailable, Fenced.
         """
-        if self._snapshotting:
-            raise Unavailable("a snapshot is already being written")
-        self._snapshotting = True
-        try:
-            async with self._write_lock:
-                await self._ready_to_write()
-                index, epoch = self._journal.next_index - 1, self._journal.epoch
-                data = await asyncio.to_thread(
-                    self._store.snapshot_bytes, journal_index=index, epoch=epoch
-                )
-                covered = self._since_snapshot
-            deleted = await asyncio.to_thread(self._journal.write_snapshot, index, data)
-            self._since_snapshot -= covered  # rounds journaled meanwhile still count
-            self._snapshot_at = self._clock.monotonic_s()
-            self._stats["snapshots"] += 1
-            log.info("snapshot %d (%d bytes), deleted %d objects", index, len(data), len(deleted))
-            return index
-        finally:
-            self._snapshotting = False
-
-    async def _snapshot_quietly(self) -> None:
-        if self._snapshotting:
-            return
-        try:
-            await self.snapshot()
-        except RayStreamError as exc:
-            log.warning("snapshot failed (the journal keeps everything): %s", exc)
+        return await self._writer.snapshot()
 
     # ------------------------------------------------------------ orphan sweep
     async def sweep_orphans(self) -> dict[str, int]:
@@ -445,10 +236,7 @@ class MetadataActor:
         """
         keys = await asyncio.to_thread(self.store.list, "segments/")
         cutoff_ms = self._clock.now_ms() - int(self._settings.orphan_grace_s * 1000)
-        async with self._write_lock:  # no round is half-applied while we look
-            live = self._seq.referenced_segments()
-            doubt = self._journal.in_doubt
-            held = {b.ref.segment_key for b in doubt.batches} if doubt is not None else set()
+        live, held = await self._writer.held_segments()
         doomed = [
             k
             for k in keys
@@ -552,8 +340,7 @@ class MetadataActor:
         Raises:
             InvalidRequest, UnknownTopicOrPartition, StorageUnavailable, Fenced.
         """
-        future = asyncio.get_running_loop().create_future()
-        await self._enqueue(_Op(future, group=group, offsets=dict(offsets)))
+        await self._writer.commit_offsets(group, offsets)
 
     async def fetch_offsets(
         self, group: str, partitions: list[tuple[str, int]] | None = None
@@ -568,7 +355,7 @@ class MetadataActor:
         Raises:
             StorageUnavailable, Fenced.
         """
-        await self._locked_write(
+        await self._writer.write(
             lambda: (None, self._seq.plan_delete_group_offsets(group)), then=_same
         )
 
@@ -578,7 +365,7 @@ class MetadataActor:
         Raises:
             InvalidRequest, StorageUnavailable, Fenced.
         """
-        return await self._locked_write(
+        return await self._writer.write(
             lambda: self._seq.plan_init_producer_id(transactional_id), then=_same
         )
 
@@ -637,7 +424,7 @@ class MetadataActor:
         return {
             "ok": True,
             **self._seq.counts(),
-            "pending_commits": len(self._queue),
+            "pending_commits": self._writer.pending,
             "epoch": self._journal.epoch,
         }
 
@@ -649,6 +436,7 @@ class MetadataActor:
         """Group-commit, journal, snapshot and recovery counters."""
         journal = self._journal
         return {
+            **self._writer.stats,
             **self._stats,
             "epoch": journal.epoch,
             "journal_index": journal.next_index - 1,
@@ -701,29 +489,14 @@ class MetadataActor:
         Later writes raise StorageUnavailable; reads keep answering from memory.
         """
         self._closed = True
+        await self._writer.close()  # refuses writes from here on
         await self._groups.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        async with self._write_lock:
-            await asyncio.to_thread(self._store.close)
 
 
 def _same(value: T) -> T:
     return value
-
-
-def _as_answer(answer: Any) -> Any:
-    """A commit's answer for Ray to carry: results, or a ray_stream error as a value."""
-    if isinstance(answer, RayStreamError) or not isinstance(answer, BaseException):
-        return answer
-    return InternalError(f"commit failed: {answer!r}")
-
-
-def _fail(ops: list[_Op], exc: RayStreamError) -> None:
-    """Answer every caller with its own instance of ``exc``'s kind and message."""
-    for op in ops:
-        if not op.future.done():
-            op.future.set_exception(type(exc)(str(exc)))
 
 
 def _faulty(store: ObjectStore) -> Any:
