@@ -30,7 +30,14 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kafka-port", type=int, help="first agent's Kafka port (default 9092; 0 = off)"
     )
-    p.add_argument("--kafka-host", help="address the Kafka listeners bind to (default 127.0.0.1)")
+    p.add_argument(
+        "--kafka-host",
+        help="address the Kafka listeners bind to (default 127.0.0.1; 0.0.0.0 = every interface)",
+    )
+    p.add_argument(
+        "--kafka-advertised-host",
+        help="host named to Kafka clients (default: --kafka-host, or each node's IP for 0.0.0.0)",
+    )
     p.add_argument("--namespace", help="Ray namespace (default ray_stream)")
 
 
@@ -44,6 +51,7 @@ def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "kafka_port": args.kafka_port,
         "namespace": args.namespace,
         "kafka_host": args.kafka_host,
+        "kafka_advertised_host": args.kafka_advertised_host,
     }
 
 

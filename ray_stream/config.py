@@ -17,6 +17,9 @@ METADATA_ACTOR_NAME = "metadata"
 DEFAULT_DATA_DIR = ".ray_stream-data"
 
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # listen on every interface
+
+
 def agent_name(index: int) -> str:
     return f"agent-{index}"
 
@@ -48,7 +51,12 @@ class Settings:
             ``message.max.bytes``, default 1 MiB + overhead).
         kafka_host / kafka_port: where agent 0 listens for the Kafka protocol; agent n
             listens on ``kafka_port + n``. ``kafka_port = 0`` disables the listener;
-            ``-1`` picks free ports.
+            ``-1`` picks free ports. ``kafka_host = 0.0.0.0`` listens on every interface
+            (a ``ray up`` cluster whose clients run on other machines).
+        kafka_advertised_host: the host agents name in Kafka Metadata answers, which
+            clients then connect to. Empty: ``kafka_host``, or when that is a wildcard
+            (``0.0.0.0``, ``::``) the IP of the Ray node each agent runs on, so clients
+            reach every agent of a multi-node cluster.
         auto_create_topics: create unknown topics on first Kafka Metadata/Produce.
         default_partitions: partition count for auto-created topics.
         cache_bytes: per-agent segment cache size.
@@ -93,6 +101,7 @@ class Settings:
     max_record_bytes: int = 1024 * 1024 + 12
     kafka_host: str = "127.0.0.1"
     kafka_port: int = 9092
+    kafka_advertised_host: str = ""
     auto_create_topics: bool = False
     default_partitions: int = 1
     cache_bytes: int = 256 * 1024 * 1024
@@ -145,6 +154,14 @@ class Settings:
             return "file://" + str(Path(self.object_store).expanduser().resolve())
         return "file://" + str(Path(self.resolved_data_dir) / "objects")
 
+    def advertised_host(self, node_ip: str) -> str:
+        """The host an agent on the node with ``node_ip`` names in Metadata answers."""
+        if self.kafka_advertised_host:
+            return self.kafka_advertised_host
+        if self.kafka_host in WILDCARD_HOSTS:
+            return node_ip
+        return self.kafka_host
+
     @property
     def resolved_commit_group_wait_ms(self) -> int:
         if self.commit_group_wait_ms < 0:
@@ -167,6 +184,8 @@ _ENV_KEYS = {
     "RAY_STREAM_LINGER_MS": ("linger_ms", int),
     "RAY_STREAM_FLUSH_BYTES": ("flush_bytes", int),
     "RAY_STREAM_KAFKA_PORT": ("kafka_port", int),
+    "RAY_STREAM_KAFKA_HOST": ("kafka_host", str),
+    "RAY_STREAM_KAFKA_ADVERTISED_HOST": ("kafka_advertised_host", str),
 }
 
 

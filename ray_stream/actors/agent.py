@@ -141,7 +141,7 @@ class AgentActor:
             port = self.settings.kafka_port + self.index
             self._server = await self._bind(host, port)
         bound = self._server.sockets[0].getsockname()
-        self._address = BrokerInfo(node_id=self.index, host=host, port=bound[1])
+        self._address = BrokerInfo(node_id=self.index, host=self._advertised(), port=bound[1])
         if self.settings.kafka_port == -1:  # remembered for this agent's next incarnation
             with contextlib.suppress(Exception):  # best effort: only a later restart needs it
                 register = self._meta_once.register_agent(self.index, self._address)
@@ -153,7 +153,14 @@ class AgentActor:
             info = await asyncio.wait_for(self._meta_once.agent_address(self.index), 2)
         except Exception:  # no metadata actor (yet): any free port
             return 0
-        return info.port if info is not None and info.host == self.settings.kafka_host else 0
+        return info.port if info is not None and info.host == self._advertised() else 0
+
+    def _advertised(self) -> str:
+        """The host clients should connect to for this agent (Settings.advertised_host)."""
+        import ray
+
+        node_ip = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        return self.settings.advertised_host(node_ip)
 
     async def _bind(self, host: str, port: int) -> Any:
         """Listen on ``port``, waiting out a predecessor process that still holds it
