@@ -34,7 +34,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ray_stream.clock import Clock
 from ray_stream.core.types import BatchResult, CommitRequest
@@ -123,10 +123,6 @@ class CommitQueue:
         place.ready.set_result(None)
         return await place.done
 
-    @property
-    def waiting(self) -> int:
-        return len(self._places)
-
     async def _run(self) -> None:
         group: list[Place] = []
         try:
@@ -180,34 +176,30 @@ class CommitQueue:
         delay = 0.05
         while True:
             todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
-            error = await self._send_once([group[i] for i in todo], todo, outcomes)
-            if error is None:
+            error = await self._send_once(group, todo, outcomes)
+            if error is None:  # every request of ``todo`` was settled
                 self._count_answer(len(group))
-                return [o if o is not None else InternalError("no answer") for o in outcomes]
+                return cast(list[Outcome], outcomes)
             self._count_failure("commit")
-            if not isinstance(error, (Unavailable, Fenced)) or (
-                self._clock.monotonic_s() + delay > deadline
-            ):
+            retryable = isinstance(error, (Unavailable, Fenced))  # incl. StorageUnavailable
+            if retryable and self._clock.monotonic_s() + delay <= deadline:
+                log.warning("commit of %d segment(s) failed, resending: %s", len(todo), error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if retryable:
                 keys = ", ".join(group[i].request.segment_key for i in todo)  # type: ignore[union-attr]
-                gave_up = (
-                    error
-                    if not isinstance(error, (Unavailable, Fenced))
-                    else Unavailable(f"commit of {keys} gave up: {error}")
-                )
-                return [o if o is not None else gave_up for o in outcomes]
-            log.warning("commit of %d segment(s) failed, resending: %s", len(todo), error)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                error = Unavailable(f"commit of {keys} gave up: {error}")
+            return [o if o is not None else error for o in outcomes]
 
     async def _send_once(
-        self, places: list[Place], indexes: list[int], outcomes: list[Outcome | None]
+        self, group: list[Place], todo: list[int], outcomes: list[Outcome | None]
     ) -> Exception | None:
-        """One call; fills ``outcomes`` it settles. Returns the error to resend on, if any."""
+        """One call for the places ``todo`` of ``group``; fills the ``outcomes`` it
+        settles. Returns the error to resend on or to answer with, if any."""
         try:
-            answers, epoch = await self._send([p.request for p in places])  # type: ignore[misc]
-        except (Unavailable, Fenced) as exc:  # includes StorageUnavailable: resend
-            return exc
-        except RayStreamError as exc:  # refused on purpose: resending cannot help
+            answers, epoch = await self._send([group[i].request for i in todo])  # type: ignore[misc]
+        except RayStreamError as exc:  # the caller tells a resend from a refusal
             return exc
         except Exception as exc:  # an unexpected Ray error: the outcome is unknown
             return Unavailable(f"metadata commit failed: {exc!r}")
@@ -215,7 +207,7 @@ class CommitQueue:
             return Unavailable(f"answer from metadata epoch {epoch}, older than epoch {self.epoch}")
         self.epoch = epoch
         retry: Exception | None = None
-        for index, answer in zip(indexes, answers, strict=True):
+        for index, answer in zip(todo, answers, strict=True):
             if isinstance(answer, (Unavailable, Fenced)):
                 retry = answer
             elif isinstance(answer, Exception):

@@ -138,7 +138,8 @@ class MetadataWriter:
             StorageUnavailable, Fenced, Unavailable (rule 4).
         """
         op = _Op(asyncio.get_running_loop().create_future(), request, retry=retry)
-        results: list[BatchResult] = await self._enqueue([op])
+        self._enqueue([op])
+        results: list[BatchResult] = await op.future
         return results
 
     async def commit_many(self, requests: list[CommitRequest]) -> list[Any]:
@@ -149,8 +150,7 @@ class MetadataWriter:
         """
         loop = asyncio.get_running_loop()
         ops = [_Op(loop.create_future(), request, retry=True) for request in requests]
-        self._queue.extend(ops)
-        self._start_committer()
+        self._enqueue(ops)
         answers = await asyncio.gather(*(op.future for op in ops), return_exceptions=True)
         return [_as_answer(answer) for answer in answers]
 
@@ -162,15 +162,13 @@ class MetadataWriter:
         Raises:
             InvalidRequest, UnknownTopicOrPartition, StorageUnavailable, Fenced.
         """
-        future = asyncio.get_running_loop().create_future()
-        await self._enqueue([_Op(future, group=group, offsets=dict(offsets))])
+        op = _Op(asyncio.get_running_loop().create_future(), group=group, offsets=dict(offsets))
+        self._enqueue([op])
+        await op.future
 
-    async def _enqueue(self, ops: list[_Op]) -> Any:
+    def _enqueue(self, ops: list[_Op]) -> None:
+        """Queue for the next round, starting the committer task when it is idle."""
         self._queue.extend(ops)
-        self._start_committer()
-        return await ops[0].future
-
-    def _start_committer(self) -> None:
         if not self._committing:
             self._committing = True
             self._spawn(self._commit_rounds())

@@ -35,6 +35,7 @@ from typing import Any
 from ray_stream.actors.commit_queue import CommitQueue, Place, SendMany
 from ray_stream.clock import Clock
 from ray_stream.config import Settings
+from ray_stream.core.percentile import percentile
 from ray_stream.core.segment import SegmentBatch, build_segment, new_segment_key
 from ray_stream.core.types import BatchEntry, BatchResult, CommitRequest
 from ray_stream.errors import (
@@ -363,17 +364,15 @@ class SegmentWriter:
                 kind: s.failures.get(kind, 0) + c.failures.get(kind, 0)
                 for kind in {*s.failures, *c.failures}
             },
-            "produce_wait_ms": _percentiles(s.produce_wait_ms),
+            "produce_wait_ms": _latency(s.produce_wait_ms),
         }
 
 
-def _percentiles(values: deque[float]) -> dict[str, float]:
-    """p50/p99/max of a window of latencies (nearest rank), and how many there were."""
-    ordered = sorted(values)
-    if not ordered:
-        return {"calls": 0}
-
-    def rank(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-    return {"calls": len(ordered), "p50": rank(0.5), "p99": rank(0.99), "max": rank(1.0)}
+def _latency(values: deque[float]) -> dict[str, float | None]:
+    """p50/p99/max of a window of latencies, and how many there were."""
+    return {
+        "calls": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": max(values, default=None),
+    }

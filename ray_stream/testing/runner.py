@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ray_stream.core.percentile import percentile
 from ray_stream.testing.audit import final_read, store_audit
 from ray_stream.testing.bootstrap import (
     WORKER_RESOURCE,
@@ -429,12 +430,12 @@ def _report(
         },
         "failover_first_produce_s": {
             "samples": failover,
-            "p50": _percentile(failover, 50),
-            "p99": _percentile(failover, 99),
+            "p50": percentile(failover, 50),
+            "p99": percentile(failover, 99),
         },
         "ack_latency_s": {
-            "p50": _percentile(waits, 50),
-            "p99": _percentile(waits, 99),
+            "p50": percentile(waits, 50),
+            "p99": percentile(waits, 99),
             "max": max(waits, default=None),
             "over_10s": sum(w > 10 for w in waits),
         },
@@ -463,8 +464,3 @@ def _failover_samples(history: History, events: list[Any]) -> list[float]:
     return out
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
