@@ -6,28 +6,81 @@ Start the embedded cluster with :func:`start_local`, attach to a running one wit
 
 from __future__ import annotations
 
-from ray_stream.client.cluster import Cluster, connect, start_local
-from ray_stream.client.consumer import Consumer, ConsumerRecord
-from ray_stream.client.producer import Producer, RecordMetadata
-from ray_stream.config import Settings
-from ray_stream.core.types import TopicInfo, TopicPartition
-from ray_stream.errors import (
-    Conflict,
-    CorruptData,
-    Fenced,
-    InternalError,
-    InvalidConfig,
-    InvalidPartitions,
-    InvalidRequest,
-    InvalidTopic,
-    NotFound,
-    OffsetOutOfRange,
-    RayStreamError,
-    RecordTooLarge,
-    TopicAlreadyExists,
-    Unavailable,
-    UnknownTopicOrPartition,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ray_stream.client.cluster import Cluster, connect, start_local
+    from ray_stream.client.consumer import Consumer, ConsumerRecord
+    from ray_stream.client.producer import Producer, RecordMetadata
+    from ray_stream.config import Settings
+    from ray_stream.core.types import TopicInfo, TopicPartition
+    from ray_stream.errors import (
+        Conflict,
+        CorruptData,
+        Fenced,
+        InternalError,
+        InvalidConfig,
+        InvalidPartitions,
+        InvalidRequest,
+        InvalidTopic,
+        NotFound,
+        OffsetOutOfRange,
+        RayStreamError,
+        RecordTooLarge,
+        TopicAlreadyExists,
+        Unavailable,
+        UnknownTopicOrPartition,
+    )
+
+# Public names -> the module that defines them. Imported on first use (PEP 562), so
+# ``import ray_stream.core`` (or any pure module) never imports Ray or the client.
+_HOMES = {
+    "Cluster": "ray_stream.client.cluster",
+    "connect": "ray_stream.client.cluster",
+    "start_local": "ray_stream.client.cluster",
+    "Consumer": "ray_stream.client.consumer",
+    "ConsumerRecord": "ray_stream.client.consumer",
+    "Producer": "ray_stream.client.producer",
+    "RecordMetadata": "ray_stream.client.producer",
+    "Settings": "ray_stream.config",
+    "TopicInfo": "ray_stream.core.types",
+    "TopicPartition": "ray_stream.core.types",
+    **{
+        name: "ray_stream.errors"
+        for name in (
+            "Conflict",
+            "CorruptData",
+            "Fenced",
+            "InternalError",
+            "InvalidConfig",
+            "InvalidPartitions",
+            "InvalidRequest",
+            "InvalidTopic",
+            "NotFound",
+            "OffsetOutOfRange",
+            "RayStreamError",
+            "RecordTooLarge",
+            "TopicAlreadyExists",
+            "Unavailable",
+            "UnknownTopicOrPartition",
+        )
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'ray_stream' has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
+
 
 __all__ = [
     "Cluster",

@@ -15,7 +15,12 @@ Tree::
     │   └── InvalidConfig
     ├── Unavailable             transient; retry (maybe elsewhere)
     │   ├── StorageUnavailable
-    │   └── Overloaded          not accepted (buffer full): safe to resend
+    │   ├── Overloaded          not accepted (buffer full): safe to resend
+    │   └── CoordinatorNotAvailable
+    ├── GroupError              the group coordinator's answer; the member acts on it
+    │   ├── UnknownMemberId, IllegalGeneration, RebalanceInProgress, MemberIdRequired,
+    │   ├── InconsistentGroupProtocol, FencedInstanceId, InvalidGroupId,
+    │   └── InvalidSessionTimeout, GroupIdNotFound, NonEmptyGroup
     ├── Conflict                re-read, retry
     │   └── PreconditionFailed
     ├── NotFound                an object or entity does not exist
@@ -25,7 +30,8 @@ Tree::
 
 Rules: exceptions cross Ray processes, so every class takes picklable positional args
 only (the message). The *kind* is API; the message is free-form. Translation to Kafka
-error codes lives in ``kafka/handlers.py``, never here.
+error codes lives in ``kafka/errors_map.py``, never here. A group error's class name,
+in UPPER_SNAKE_CASE, is the Kafka error it stands for.
 """
 
 from __future__ import annotations
@@ -119,3 +125,52 @@ class CorruptData(RayStreamError):
 
 class InternalError(RayStreamError):
     """A bug: an invariant did not hold."""
+
+
+class CoordinatorNotAvailable(Unavailable):
+    """The group coordinator cannot answer now (it is restarting); find it again, retry."""
+
+
+class GroupError(RayStreamError):
+    """The group coordinator refused a member's request; the member acts on the kind as
+    Kafka's classic group protocol says (rejoin, retry with its new member id, stop)."""
+
+
+class UnknownMemberId(GroupError):
+    """The member is not (or no longer) in the group: rejoin with an empty member id."""
+
+
+class IllegalGeneration(GroupError):
+    """The request names an older generation of the group: rejoin."""
+
+
+class RebalanceInProgress(GroupError):
+    """The group is rebalancing: rejoin."""
+
+
+class MemberIdRequired(GroupError):
+    """A new member must join again with the member id this answer assigned it."""
+
+
+class InconsistentGroupProtocol(GroupError):
+    """The member's protocol type or protocols do not match the group's."""
+
+
+class FencedInstanceId(GroupError):
+    """A newer member with the same static instance id took over."""
+
+
+class InvalidGroupId(GroupError):
+    """The group id is empty or not a string."""
+
+
+class InvalidSessionTimeout(GroupError):
+    """The session timeout is outside the coordinator's bounds."""
+
+
+class GroupIdNotFound(GroupError):
+    """The group does not exist."""
+
+
+class NonEmptyGroup(GroupError):
+    """The group still has members (it cannot be deleted)."""

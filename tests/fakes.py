@@ -1,182 +1,147 @@
-"""Test doubles: an in-memory agent (``FakeBackend``) and a Kafka test cluster on a thread.
+"""Test harnesses around the real, Ray-free agent and metadata service.
 
-``FakeBackend`` implements the ``KafkaBackend`` protocol with the agent's semantics but
-no object store: ``produce`` commits each call's batches as one fake segment through a
-*real* ``MetadataActor`` (so offsets, idempotence and watermarks are the real ones) and
-keeps the segment bytes in a dict; ``fetch`` uses ``meta.locate`` + ``set_base_offset``
-and long-polls with ``meta.wait_for_data`` (woken by commits, not a timer).
+Nothing here copies product logic: ``make_agent`` builds the real ``LogService``
+(agent/log_service.py) over a shared ``MemoryStore`` and the real ``MetadataService``
+(metadata/service.py), in-process, so the Kafka-server and handler suites exercise the
+agent's own produce, fetch, location cache and long-poll code.
 
-``KafkaTestCluster`` runs one or more fake agents, sharing one metadata actor, each with
-a real Kafka listener on 127.0.0.1, in a background thread's event loop, so real client
+``KafkaTestCluster`` runs one or more agents, sharing one metadata service, each with a
+real Kafka listener on 127.0.0.1, in a background thread's event loop, so real client
 libraries (confluent-kafka, kafka-python, aiokafka) can talk to it from the test thread.
+
+``CountingMetadata`` wraps a metadata client and counts calls per method (the fetch
+path's call budget is asserted with it); ``record_calls`` spies on an agent's
+``produce``/``fetch`` calls without changing them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import itertools
+import random
 import socket
 import struct
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any, TypeVar
 
-from ray_stream.actors.metadata import MetadataActor
+from ray_stream.agent.log_service import LogService
+from ray_stream.clock import Clock, SystemClock
 from ray_stream.config import Settings
-from ray_stream.core.types import BatchEntry, BatchResult, BrokerInfo, CommitRequest, FetchResult
-from ray_stream.errors import OffsetOutOfRange, UnknownTopicOrPartition
+from ray_stream.core.types import BrokerInfo
 from ray_stream.kafka.framing import encode_frame
 from ray_stream.kafka.handlers import KafkaHandlers
 from ray_stream.kafka.protocol import Request, build, encode_response, request_class, response_class
-from ray_stream.kafka.records import parse_batch_header, set_base_offset
 from ray_stream.kafka.versions import ApiKey
+from ray_stream.metadata.service import MetadataService
+from ray_stream.storage.memory import MemoryStore
 
 T = TypeVar("T")
 
-
-def make_meta(settings: Settings) -> MetadataActor:
-    """A real MetadataActor (on ``settings.data_dir``), used directly: no Ray."""
-    return MetadataActor(settings)
+TEST_LINGER_MS = 0  # agents in unit tests flush at once: no test waits out a linger
 
 
-class FakeBackend:
-    """An agent without an object store (see module docstring).
+def make_meta(
+    settings: Settings, *, store: Any = None, clock: Clock | None = None
+) -> MetadataService:
+    """The real metadata service (SQLite cache under ``settings.data_dir``), no Ray."""
+    return MetadataService(settings, store=store if store is not None else MemoryStore(), clock=clock)
 
-    Args:
-        settings: cluster settings (``data_dir`` must be a temp dir).
-        meta: the shared metadata (``make_meta``).
-        node_id: this agent's broker id.
-        segments: shared ``segment key -> bytes`` store (agents of one cluster share it).
-        peers: the other agents' listeners, for ``brokers()``.
-    """
 
-    _keys = itertools.count()
+class CountingMetadata:
+    """A metadata client that counts the calls made through it, per method name."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        meta: Any,
-        *,
-        node_id: int = 0,
-        segments: dict[str, bytes] | None = None,
-        peers: list[BrokerInfo] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.meta = meta
-        self.node_id = node_id
-        self.segments = segments if segments is not None else {}
-        self.peers = peers if peers is not None else []
-        self.address: BrokerInfo | None = None
-        self.produce_calls: list[tuple[list[tuple[str, int, bytes]], int]] = []
-        self.fetch_calls: list[dict[str, Any]] = []
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls: dict[str, int] = {}
 
-    async def brokers(self) -> list[BrokerInfo]:
-        own = [self.address] if self.address is not None else []
-        return own + [p for p in self.peers if p.node_id != self.node_id]
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._inner, name)
+        if not callable(target):
+            return target
 
-    async def produce(self, entries: list[tuple[str, int, bytes]], acks: int) -> list[BatchResult]:
-        self.produce_calls.append((entries, acks))
-        batches, position, parts = [], 0, []
-        for topic, partition, data in entries:
-            header = parse_batch_header(data)
-            batches.append(
-                BatchEntry(
-                    topic=topic,
-                    partition=partition,
-                    position=position,
-                    length=len(data),
-                    record_count=header.last_offset_delta + 1,
-                    first_timestamp=header.first_timestamp,
-                    max_timestamp=header.max_timestamp,
-                    producer_id=header.producer_id,
-                    producer_epoch=header.producer_epoch,
-                    base_sequence=header.base_sequence,
-                )
-            )
-            parts.append(data)
-            position += len(data)
-        key = f"segments/fake-{next(self._keys):08d}.arrow"
-        self.segments[key] = b"".join(parts)  # "PUT" before the commit, like the agent
-        results: list[BatchResult] = await self.meta.commit(
-            CommitRequest(segment_key=key, segment_bytes=position, batches=tuple(batches))
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return await target(*args, **kwargs)
+
+        return counted
+
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+
+def make_agent(
+    settings: Settings,
+    meta: Any,
+    store: Any,
+    *,
+    node_id: int = 0,
+    peers: list[BrokerInfo] | None = None,
+    clock: Clock | None = None,
+    linger_ms: int = TEST_LINGER_MS,
+) -> LogService:
+    """The real agent core over ``store`` and ``meta`` (``peers``: other listeners)."""
+    others = peers if peers is not None else []
+    made: list[LogService] = []
+
+    async def brokers() -> list[BrokerInfo]:  # what the actor shell's peer lookup answers
+        own = made[0].address
+        return ([own] if own is not None else []) + [p for p in others if p.node_id != node_id]
+
+    made.append(
+        LogService(
+            replace(settings, linger_ms=linger_ms),
+            node_id=node_id,
+            store=store,
+            metadata=meta,
+            clock=clock or SystemClock(),
+            rand=random.Random(node_id),
+            brokers=brokers,
         )
-        return results
+    )
+    return made[0]
 
-    async def fetch(
-        self,
-        requests: list[tuple[str, int, int, int]],
-        *,
-        max_wait_ms: int,
-        min_bytes: int,
-        max_bytes: int,
-    ) -> list[FetchResult]:
-        self.fetch_calls.append(
-            {
-                "requests": requests,
-                "max_wait_ms": max_wait_ms,
-                "min_bytes": min_bytes,
-                "max_bytes": max_bytes,
-            }
-        )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_wait_ms / 1000
-        while True:
-            results = await self._fetch_once(requests, max_bytes)
-            got = sum(len(r.records) for r in results)
-            remaining = deadline - loop.time()
-            if got >= min_bytes or remaining <= 0 or any(r.error for r in results):
-                return results
-            positions = [
-                (t, p, max(o, r.high_watermark))
-                for (t, p, o, _), r in zip(requests, results, strict=True)
-            ]
-            await self.meta.wait_for_data(positions, remaining)
 
-    async def _fetch_once(
-        self, requests: list[tuple[str, int, int, int]], max_bytes: int
-    ) -> list[FetchResult]:
-        results, budget = [], max_bytes
-        for topic, partition, offset, partition_max in requests:
-            try:
-                located = await self.meta.locate(topic, partition, offset, partition_max)
-            except (UnknownTopicOrPartition, OffsetOutOfRange) as exc:
-                results.append(FetchResult(topic, partition, exc, -1, -1))
-                continue
-            chosen = []
-            for ref in located.batches if budget > 0 else ():
-                if chosen and ref.length > budget:
-                    break
-                raw = self.segments[ref.segment_key][ref.position : ref.position + ref.length]
-                chosen.append(set_base_offset(raw, ref.base_offset))
-                budget -= ref.length
-            results.append(
-                FetchResult(
-                    topic,
-                    partition,
-                    None,
-                    located.high_watermark,
-                    located.log_start_offset,
-                    b"".join(chosen),
-                )
-            )
-        return results
+def record_calls(agent: LogService) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Spy on ``agent.produce`` and ``agent.fetch``: lists of their calls' arguments."""
+    produce_calls: list[Any] = []
+    fetch_calls: list[dict[str, Any]] = []
+    produce, fetch = agent.produce, agent.fetch
+
+    async def recorded_produce(entries: Any, acks: int = -1, **kwargs: Any) -> Any:
+        produce_calls.append((list(entries), acks))
+        return await produce(entries, acks, **kwargs)
+
+    async def recorded_fetch(requests: Any, **kwargs: Any) -> Any:
+        fetch_calls.append({"requests": list(requests), **kwargs})
+        return await fetch(requests, **kwargs)
+
+    agent.produce = recorded_produce  # type: ignore[method-assign]
+    agent.fetch = recorded_fetch  # type: ignore[method-assign]
+    return produce_calls, fetch_calls
 
 
 class KafkaTestCluster:
-    """Fake agents with real Kafka listeners on 127.0.0.1, run by a background loop.
+    """Real agents with Kafka listeners on 127.0.0.1, run by a background loop.
 
     Use as a context manager; ``bootstrap`` is the clients' ``bootstrap.servers``.
+    ``meta`` is the shared metadata service (call it through ``run``).
     """
 
     def __init__(self, settings: Settings, *, agents: int = 1) -> None:
         self.settings = settings
-        self.agents = agents
+        self.agent_count = agents
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="kafka-test-loop", daemon=True
         )
-        self.backends: list[FakeBackend] = []
+        self.store = MemoryStore()
+        self.agents: list[LogService] = []
+        self.produce_calls: list[Any] = []
         self.servers: list[asyncio.AbstractServer] = []
         self.meta: Any = None
 
@@ -190,11 +155,11 @@ class KafkaTestCluster:
 
     @property
     def bootstrap(self) -> str:
-        return ",".join(f"{b.address.host}:{b.address.port}" for b in self.backends if b.address)
+        return ",".join(f"{a.address.host}:{a.address.port}" for a in self.agents if a.address)
 
     @property
     def ports(self) -> list[int]:
-        return [b.address.port for b in self.backends if b.address]
+        return [a.address.port for a in self.agents if a.address]
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         """Run ``coro`` on the cluster's loop and return its result."""
@@ -203,28 +168,26 @@ class KafkaTestCluster:
     async def _start(self) -> None:
         from ray_stream.server.kafka_server import start_kafka_server
 
-        self.meta = make_meta(self.settings)
-        segments: dict[str, bytes] = {}
+        self.meta = make_meta(self.settings, store=self.store)
         peers: list[BrokerInfo] = []
-        for node_id in range(self.agents):
-            backend = FakeBackend(
-                self.settings, self.meta, node_id=node_id, segments=segments, peers=peers
-            )
-            server = await start_kafka_server(backend, host="127.0.0.1", port=0)
+        for node_id in range(self.agent_count):
+            agent = make_agent(self.settings, self.meta, self.store, node_id=node_id, peers=peers)
+            calls, _ = record_calls(agent)
+            self.produce_calls.append(calls)
+            server = await start_kafka_server(agent, host="127.0.0.1", port=0)
             port = server.sockets[0].getsockname()[1]
-            backend.address = BrokerInfo(node_id=node_id, host="127.0.0.1", port=port)
-            peers.append(backend.address)
-            self.backends.append(backend)
+            agent.address = BrokerInfo(node_id=node_id, host="127.0.0.1", port=port)
+            peers.append(agent.address)
+            self.agents.append(agent)
             self.servers.append(server)
 
     async def _stop(self) -> None:
         for server in self.servers:
             server.close()
-        groups = getattr(self.meta, "groups", None)
-        if groups is not None:
-            await groups.close()
+        if self.meta is not None:
+            await self.meta.close()
         # Connections outlive server.close() (Python 3.11): cancel them and every other
-        # task (long polls, handlers) so the loop stops clean.
+        # task (long polls, handlers, flushers) so the loop stops clean.
         current = asyncio.current_task()
         tasks = [t for t in asyncio.all_tasks() if t is not current]
         for task in tasks:
@@ -322,20 +285,23 @@ class RawClient:
 
 # ------------------------------------------------------------------ handler harness
 class HandlerHarness:
-    """One FakeBackend (peers ``1..brokers-1`` listed too) plus its KafkaHandlers.
+    """One real agent (peers ``1..brokers-1`` listed too) plus its KafkaHandlers.
 
     ``call`` builds a request of any version from a plain dict, runs its handler, then
     encodes and decodes the response, so tests assert what a client would read.
-    Create it inside a running loop (``run_handlers``).
+    ``meta`` counts the calls the agent and handlers make. Create it inside a running
+    loop (``run_handlers``).
     """
 
     def __init__(self, settings: Settings, *, brokers: int = 1) -> None:
-        meta = make_meta(settings)
-        self.backend = FakeBackend(settings, meta, node_id=0)
+        self.store = MemoryStore()
+        self.service = make_meta(settings, store=self.store)
+        self.meta = CountingMetadata(self.service)
+        peers = [BrokerInfo(i, "127.0.0.1", 9092 + i) for i in range(1, brokers)]
+        self.backend = make_agent(settings, self.meta, self.store, peers=peers)
         self.backend.address = BrokerInfo(0, "127.0.0.1", 9092)
-        self.backend.peers = [BrokerInfo(i, "127.0.0.1", 9092 + i) for i in range(1, brokers)]
+        self.produce_calls, self.fetch_calls = record_calls(self.backend)
         self.handlers = KafkaHandlers(self.backend)
-        self.meta = meta
 
     async def call(self, api_key: int, version: int, values: dict[str, Any]) -> Any:
         body = build(request_class(api_key, version), values)
@@ -424,6 +390,6 @@ def run_handlers(
         try:
             return await scenario(harness)
         finally:
-            await harness.meta.close()
+            await harness.service.close()
 
     return asyncio.run(main())

@@ -1,18 +1,47 @@
-"""Ray tasks that read partitions in parallel, for ``Cluster.read_dataset``."""
+"""Reading partitions through agents: one partition in this process, or many as Ray
+tasks for ``Cluster.read_dataset``."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
 import ray
 
-from ray_stream.actors.handles import get_agent
+from ray_stream.actors.handles import get, get_agent
+from ray_stream.kafka.tables import SCHEMA, decode_to_table
+
+__all__ = ["dataset_from_partitions", "read_partition"]
+
+READ_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+def read_partition(agent: Any, topic: str, partition: int, start: int, end: int) -> pa.Table:
+    """Read ``[start, end)`` of one partition through ``agent`` (an actor handle).
+
+    Raises:
+        UnknownTopicOrPartition, OffsetOutOfRange, Unavailable, StorageUnavailable.
+    """
+    tables = [SCHEMA.empty_table()]
+    position = start
+    while position < end:
+        (result,) = get(agent.fetch.remote([(topic, partition, position, READ_CHUNK_BYTES)], 0))
+        if result.error is not None:
+            raise result.error
+        if not result.records:
+            break
+        table = decode_to_table(partition, result.records, position, end)
+        if table.num_rows == 0:
+            break
+        tables.append(table)
+        position = int(table.column("offset")[-1].as_py()) + 1
+    return pa.concat_tables(tables)
 
 
 @ray.remote(num_cpus=0)
-def read_partition_task(namespace: str, agents: int, topic: str, partition: int, start: int, end: int) -> Any:
-    from ray_stream.client.table import read_partition
-
+def read_partition_task(
+    namespace: str, agents: int, topic: str, partition: int, start: int, end: int
+) -> Any:
     return read_partition(get_agent(namespace, partition % agents), topic, partition, start, end)
 
 
@@ -21,8 +50,6 @@ def dataset_from_partitions(
 ) -> Any:
     """One Dataset block per partition range ``(partition, start, end)``."""
     import ray.data
-
-    from ray_stream.client.table import SCHEMA
 
     refs = [read_partition_task.remote(namespace, agents, topic, p, s, e) for p, s, e in ranges]
     if not refs:

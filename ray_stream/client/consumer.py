@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray_stream.actors import handles
+from ray_stream.core.metadata_api import OffsetCommitRequest
 from ray_stream.core.types import CommittedOffset, TopicPartition
 from ray_stream.errors import InvalidConfig, InvalidRequest, OffsetOutOfRange
 from ray_stream.kafka.records import decode_batch, split_batches
@@ -236,8 +237,10 @@ class Consumer:
             self._position[tp] = self._fetch_pos[tp] = offset
 
     def _list_offset(self, tp: TopicPartition, spec: int) -> int:
-        offset, _ = handles.get(self._meta.list_offset.remote(tp.topic, tp.partition, spec))
-        return int(offset)
+        (answer,) = handles.get(self._meta.list_offsets.remote([(tp.topic, tp.partition, spec)]))
+        if answer.error is not None:
+            raise answer.error
+        return int(answer.offset)
 
     # ---------------------------------------------------------------- commits
 
@@ -253,9 +256,10 @@ class Consumer:
             chosen = {tp: self._position[tp] for tp in self._assigned if tp in self._position}
         else:
             chosen = {_tp(tp): int(o) for tp, o in offsets.items()}
-        payload = {(tp.topic, tp.partition): CommittedOffset(offset=o) for tp, o in chosen.items()}
+        payload = {tp: CommittedOffset(offset=o) for tp, o in chosen.items()}
         if payload:
-            handles.get(self._meta.commit_offsets.remote(self.group_id, payload))
+            request = OffsetCommitRequest(self.group_id, payload)
+            handles.get(self._meta.commit_offsets.remote(request))
 
     def committed(self, partition: TopicPartition | tuple[str, int]) -> int | None:
         tp = _tp(partition)
@@ -264,14 +268,8 @@ class Consumer:
         return self._committed([tp]).get(tp)
 
     def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        got = handles.get(
-            self._meta.fetch_offsets.remote(self.group_id, [(tp.topic, tp.partition) for tp in tps])
-        )
-        return {
-            TopicPartition(t, p): c.offset
-            for (t, p), c in got.items()
-            if c is not None and c.offset >= 0
-        }
+        got = handles.get(self._meta.fetch_offsets.remote(self.group_id, tps))
+        return {tp: c.offset for tp, c in got.items() if c is not None and c.offset >= 0}
 
     def close(self) -> None:
         self._closed = True

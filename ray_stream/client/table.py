@@ -1,7 +1,7 @@
 """Topics as Arrow tables (and Ray Datasets), and Arrow tables as records to send.
 
-Schema of a read: offset int64, partition int32, timestamp timestamp[ms, UTC], key binary,
-value binary, headers list<struct<key: string, value: binary>>.
+The schema of a read is ``kafka/tables.py``'s ``SCHEMA``; partitions are read through
+agents by ``actors/reader.py``.
 """
 
 from __future__ import annotations
@@ -11,58 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from ray_stream.actors import handles
+from ray_stream.actors.reader import dataset_from_partitions, read_partition
 from ray_stream.errors import InvalidRequest, UnknownTopicOrPartition
-from ray_stream.kafka.records import decode_batch, split_batches
-
-HEADER_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())]))
-SCHEMA = pa.schema(
-    [
-        ("offset", pa.int64()),
-        ("partition", pa.int32()),
-        ("timestamp", pa.timestamp("ms", tz="UTC")),
-        ("key", pa.binary()),
-        ("value", pa.binary()),
-        ("headers", HEADER_TYPE),
-    ]
-)
-READ_CHUNK_BYTES = 32 * 1024 * 1024
-
-
-def decode_to_table(partition: int, records: bytes, start: int, end: int) -> pa.Table:
-    """Decode fetched batches to rows with offsets in ``[start, end)``."""
-    cols: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
-    for batch in split_batches(records):
-        for rec in decode_batch(batch):
-            if not start <= rec.offset < end:
-                continue
-            cols["offset"].append(rec.offset)
-            cols["partition"].append(partition)
-            cols["timestamp"].append(rec.timestamp_ms)
-            cols["key"].append(rec.key)
-            cols["value"].append(rec.value)
-            cols["headers"].append([{"key": k, "value": v} for k, v in rec.headers])
-    return pa.Table.from_pydict(cols, schema=SCHEMA)
-
-
-def read_partition(agent: Any, topic: str, partition: int, start: int, end: int) -> pa.Table:
-    """Read ``[start, end)`` of one partition through ``agent`` (an actor handle)."""
-    tables = [SCHEMA.empty_table()]
-    position = start
-    while position < end:
-        (result,) = handles.get(
-            agent.fetch.remote([(topic, partition, position, READ_CHUNK_BYTES)], 0)
-        )
-        if result.error is not None:
-            raise result.error
-        if not result.records:
-            break
-        table = decode_to_table(partition, result.records, position, end)
-        if table.num_rows == 0:
-            break
-        tables.append(table)
-        position = int(table.column("offset")[-1].as_py()) + 1
-    return pa.concat_tables(tables)
+from ray_stream.kafka.tables import SCHEMA
 
 
 def _ranges(
@@ -105,8 +56,6 @@ def read_table(
 
 
 def read_dataset(cluster: Any, topic: str, *, partitions: list[int] | None) -> Any:
-    from ray_stream.actors.reader import dataset_from_partitions
-
     ranges = [r for r in _ranges(cluster, topic, partitions, None, None) if r[1] < r[2]]
     return dataset_from_partitions(
         cluster.settings.namespace, cluster.settings.agents, topic, ranges

@@ -20,8 +20,8 @@ Rules:
 3. Members parked in a JoinGroup or SyncGroup are not expired by their session timeout:
    the rebalance timeout (join) and the pending-sync timeout (sync) bound them instead,
    as in Kafka.
-4. Errors are Kafka error names (``"UNKNOWN_MEMBER_ID"``), None on success; nothing here
-   raises for bad client input.
+4. Errors are ``GroupError`` values (``errors.py``; each class stands for the Kafka error
+   of its name) on the result, None on success; nothing here raises for bad client input.
 """
 
 from __future__ import annotations
@@ -29,6 +29,22 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass, field
+
+from ray_stream.core.types import wire
+from ray_stream.errors import (
+    FencedInstanceId,
+    GroupError,
+    GroupIdNotFound,
+    IllegalGeneration,
+    InconsistentGroupProtocol,
+    InvalidGroupId,
+    InvalidSessionTimeout,
+    MemberIdRequired,
+    NonEmptyGroup,
+    RayStreamError,
+    RebalanceInProgress,
+    UnknownMemberId,
+)
 
 EMPTY = "Empty"
 PREPARING_REBALANCE = "PreparingRebalance"
@@ -39,9 +55,10 @@ DEAD = "Dead"
 Protocols = tuple[tuple[str, bytes], ...]
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class JoinResult:
-    error: str | None
+    error: RayStreamError | None  # a GroupError, or CoordinatorNotAvailable
     generation_id: int
     protocol_type: str | None
     protocol_name: str | None
@@ -52,14 +69,16 @@ class JoinResult:
     members: tuple[tuple[str, str | None, bytes], ...]
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class SyncResult:
-    error: str | None
+    error: RayStreamError | None  # a GroupError, or CoordinatorNotAvailable
     protocol_type: str | None
     protocol_name: str | None
     assignment: bytes
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class MemberDescription:
     member_id: str
@@ -70,9 +89,10 @@ class MemberDescription:
     assignment: bytes
 
 
+@wire
 @dataclass(frozen=True, slots=True)
 class GroupDescription:
-    error: str | None
+    error: GroupError | None
     group_id: str
     state: str
     protocol_type: str
@@ -93,12 +113,52 @@ class Completion:
     result: JoinResult | SyncResult
 
 
-def join_error(error: str, member_id: str = "") -> JoinResult:
-    return JoinResult(error, -1, None, None, "", member_id, False, ())
+@wire
+@dataclass(frozen=True, slots=True)
+class MemberLeave:
+    member_id: str
+    group_instance_id: str | None
+    error: GroupError | None
 
 
-def sync_error(error: str) -> SyncResult:
-    return SyncResult(error, None, None, b"")
+@wire
+@dataclass(frozen=True, slots=True)
+class LeaveResult:
+    """``error`` refuses the whole request (InvalidGroupId); else each member's outcome."""
+
+    error: GroupError | None
+    members: tuple[MemberLeave, ...]
+
+
+@wire
+@dataclass(frozen=True, slots=True)
+class GroupListing:
+    group_id: str
+    protocol_type: str
+    state: str
+
+
+@wire
+@dataclass(frozen=True, slots=True)
+class GroupDeletion:
+    group_id: str
+    error: GroupError | None
+
+
+ErrorKind = type[GroupError]
+
+
+def group_error(kind: ErrorKind) -> GroupError:
+    """An error of ``kind`` whose message is the first line of the kind's docstring."""
+    return kind((kind.__doc__ or kind.__name__).splitlines()[0])
+
+
+def join_error(kind: ErrorKind, member_id: str = "") -> JoinResult:
+    return JoinResult(group_error(kind), -1, None, None, "", member_id, False, ())
+
+
+def sync_error(kind: ErrorKind) -> SyncResult:
+    return SyncResult(group_error(kind), None, None, b"")
 
 
 @dataclass(slots=True)
@@ -166,13 +226,13 @@ class _Group:
             votes[choice] = votes.get(choice, 0) + 1
         return max(votes, key=lambda name: votes[name])  # max() keeps the first of equals
 
-    def validate_member(self, member_id: str, group_instance_id: str | None) -> str | None:
+    def validate_member(self, member_id: str, group_instance_id: str | None) -> ErrorKind | None:
         if group_instance_id is not None:
             known = self.static_members.get(group_instance_id)
             if known is None:
-                return "UNKNOWN_MEMBER_ID"
-            return None if known == member_id else "FENCED_INSTANCE_ID"
-        return None if member_id in self.members else "UNKNOWN_MEMBER_ID"
+                return UnknownMemberId
+            return None if known == member_id else FencedInstanceId
+        return None if member_id in self.members else UnknownMemberId
 
 
 class GroupCoordinator:
@@ -222,17 +282,17 @@ class GroupCoordinator:
     ) -> JoinResult | Pending:
         """JoinGroup. Returns a result now, or Pending until the rebalance completes."""
         if not group_id:
-            return join_error("INVALID_GROUP_ID", member_id)
+            return join_error(InvalidGroupId, member_id)
         if not self._min_session_ms <= session_timeout_ms <= self._max_session_ms:
-            return join_error("INVALID_SESSION_TIMEOUT", member_id)
+            return join_error(InvalidSessionTimeout, member_id)
         group = self._groups.get(group_id)
         if group is None:
             if member_id:
-                return join_error("UNKNOWN_MEMBER_ID", member_id)
+                return join_error(UnknownMemberId, member_id)
             group = _Group(group_id)
         names = {name for name, _ in protocols}
         if not group.supports(protocol_type, names, exclude=member_id or None):
-            return join_error("INCONSISTENT_GROUP_PROTOCOL", member_id)
+            return join_error(InconsistentGroupProtocol, member_id)
         self._groups[group_id] = group
         new = _Member(
             member_id,
@@ -267,7 +327,7 @@ class GroupCoordinator:
         if require_known:
             # KIP-394: hand out the id first so a client that times out rejoins as the same member.
             group.pending_members[new.member_id] = now_ms + new.session_timeout_ms
-            return join_error("MEMBER_ID_REQUIRED", new.member_id)
+            return join_error(MemberIdRequired, new.member_id)
         return self._add_member(group, new, now_ms)
 
     def _join_known(self, group: _Group, new: _Member, now_ms: int) -> JoinResult | Pending:
@@ -308,7 +368,7 @@ class GroupCoordinator:
 
     def _update_member(self, member: _Member, new: _Member) -> None:
         if member.join_ticket is not None:  # a re-sent JoinGroup replaces the parked one
-            self._answer(member.join_ticket, join_error("REBALANCE_IN_PROGRESS", member.member_id))
+            self._answer(member.join_ticket, join_error(RebalanceInProgress, member.member_id))
             member.join_ticket = None
         member.protocol_type, member.protocols = new.protocol_type, new.protocols
         member.session_timeout_ms = new.session_timeout_ms
@@ -321,10 +381,10 @@ class GroupCoordinator:
         old_id = group.static_members[new.group_instance_id]
         member = group.members.pop(old_id)
         if member.join_ticket is not None:
-            self._answer(member.join_ticket, join_error("FENCED_INSTANCE_ID", old_id))
+            self._answer(member.join_ticket, join_error(FencedInstanceId, old_id))
             member.join_ticket = None
         if member.sync_ticket is not None:
-            self._answer(member.sync_ticket, sync_error("FENCED_INSTANCE_ID"))
+            self._answer(member.sync_ticket, sync_error(FencedInstanceId))
             member.sync_ticket = None
         member.member_id = new.member_id
         group.members[new.member_id] = member
@@ -380,7 +440,7 @@ class GroupCoordinator:
             for member in group.members.values():
                 member.assignment = b""
                 if member.sync_ticket is not None:
-                    self._answer(member.sync_ticket, sync_error("REBALANCE_IN_PROGRESS"))
+                    self._answer(member.sync_ticket, sync_error(RebalanceInProgress))
                     member.sync_ticket = None
                     # Its session was not running while it waited (Kafka resets it here too).
                     member.deadline_ms = now_ms + member.session_timeout_ms
@@ -453,9 +513,9 @@ class GroupCoordinator:
     def _drop(self, group: _Group, member: _Member) -> None:
         """Remove a member, answering anything it has parked with UNKNOWN_MEMBER_ID."""
         if member.join_ticket is not None:
-            self._answer(member.join_ticket, join_error("UNKNOWN_MEMBER_ID"))
+            self._answer(member.join_ticket, join_error(UnknownMemberId))
         if member.sync_ticket is not None:
-            self._answer(member.sync_ticket, sync_error("UNKNOWN_MEMBER_ID"))
+            self._answer(member.sync_ticket, sync_error(UnknownMemberId))
         del group.members[member.member_id]
         if member.group_instance_id is not None:
             group.static_members.pop(member.group_instance_id, None)
@@ -487,13 +547,13 @@ class GroupCoordinator:
         """SyncGroup. The leader's call stores the assignment and releases the followers."""
         group, error = self._current_member(group_id, member_id, group_instance_id, generation_id)
         if group is None or error is not None:
-            return sync_error(error or "UNKNOWN_MEMBER_ID")
+            return sync_error(error or UnknownMemberId)
         if protocol_type is not None and protocol_type != group.protocol_type:
-            return sync_error("INCONSISTENT_GROUP_PROTOCOL")
+            return sync_error(InconsistentGroupProtocol)
         if protocol_name is not None and protocol_name != group.protocol_name:
-            return sync_error("INCONSISTENT_GROUP_PROTOCOL")
+            return sync_error(InconsistentGroupProtocol)
         if group.state == PREPARING_REBALANCE:
-            return sync_error("REBALANCE_IN_PROGRESS")
+            return sync_error(RebalanceInProgress)
         member = group.members[member_id]
         member.deadline_ms = now_ms + member.session_timeout_ms
         group.pending_sync.discard(member_id)
@@ -502,7 +562,7 @@ class GroupCoordinator:
         if group.state == STABLE:
             return SyncResult(None, group.protocol_type, group.protocol_name, member.assignment)
         if member.sync_ticket is not None:
-            self._answer(member.sync_ticket, sync_error("REBALANCE_IN_PROGRESS"))
+            self._answer(member.sync_ticket, sync_error(RebalanceInProgress))
         ticket = self._ticket()
         member.sync_ticket = ticket
         if group.leader_id == member_id:
@@ -527,63 +587,67 @@ class GroupCoordinator:
         member_id: str,
         group_instance_id: str | None,
         now_ms: int,
-    ) -> str | None:
-        """Heartbeat: REBALANCE_IN_PROGRESS tells a member to rejoin."""
+    ) -> GroupError | None:
+        """Heartbeat: RebalanceInProgress tells a member to rejoin."""
         group, error = self._current_member(group_id, member_id, group_instance_id, generation_id)
         if group is None or error is not None:
-            return error or "UNKNOWN_MEMBER_ID"
+            return group_error(error or UnknownMemberId)
         member = group.members[member_id]
         member.deadline_ms = now_ms + member.session_timeout_ms
-        return "REBALANCE_IN_PROGRESS" if group.state == PREPARING_REBALANCE else None
+        return group_error(RebalanceInProgress) if group.state == PREPARING_REBALANCE else None
 
     def _current_member(
         self, group_id: str, member_id: str, group_instance_id: str | None, generation_id: int
-    ) -> tuple[_Group | None, str | None]:
+    ) -> tuple[_Group | None, ErrorKind | None]:
         if not group_id:
-            return None, "INVALID_GROUP_ID"
+            return None, InvalidGroupId
         group = self._groups.get(group_id)
         if group is None:
-            return None, "UNKNOWN_MEMBER_ID"
+            return None, UnknownMemberId
         error = group.validate_member(member_id, group_instance_id)
         if error is None and generation_id != group.generation_id:
-            error = "ILLEGAL_GENERATION"
+            error = IllegalGeneration
         return group, error
 
     def leave(
         self, group_id: str, members: list[tuple[str, str | None]], *, now_ms: int
-    ) -> tuple[str | None, list[tuple[str, str | None, str | None]]]:
+    ) -> LeaveResult:
         """LeaveGroup for (member_id, group_instance_id) pairs; an empty member_id with an
         instance id removes that static member (admin removal, KIP-345)."""
         if not group_id:
-            return "INVALID_GROUP_ID", []
+            return LeaveResult(group_error(InvalidGroupId), ())
         group = self._groups.get(group_id)
         if group is None:
-            return None, [(mid, iid, "UNKNOWN_MEMBER_ID") for mid, iid in members]
-        results: list[tuple[str, str | None, str | None]] = []
+            unknown = group_error(UnknownMemberId)
+            return LeaveResult(None, tuple(MemberLeave(m, i, unknown) for m, i in members))
+        results: list[MemberLeave] = []
         for member_id, instance_id in members:
             target = member_id
+            error: ErrorKind | None
             if not member_id and instance_id is not None:
                 target = group.static_members.get(instance_id, "")
-                error = None if target else "UNKNOWN_MEMBER_ID"
+                error = None if target else UnknownMemberId
             elif member_id in group.pending_members:
                 del group.pending_members[member_id]
                 self._check_join(group, now_ms)
-                results.append((member_id, instance_id, None))
+                results.append(MemberLeave(member_id, instance_id, None))
                 continue
             else:
                 error = group.validate_member(member_id, instance_id)
             if error is None:
                 self._remove_and_update(group, group.members[target], now_ms)
-            results.append((member_id, instance_id, error))
-        return None, results
+            results.append(
+                MemberLeave(member_id, instance_id, group_error(error) if error else None)
+            )
+        return LeaveResult(None, tuple(results))
 
     # -- admin and offsets -------------------------------------------------------------
 
-    def list_groups(self, states: list[str] | None = None) -> list[tuple[str, str, str]]:
-        """(group_id, protocol_type, state) of every group, optionally of some states only."""
+    def list_groups(self, states: list[str] | None = None) -> list[GroupListing]:
+        """Every group, optionally of some states only."""
         wanted = None if not states else {s.lower() for s in states}
         return [
-            (g.group_id, g.protocol_type or "", g.state)
+            GroupListing(g.group_id, g.protocol_type or "", g.state)
             for g in self._groups.values()
             if wanted is None or g.state.lower() in wanted
         ]
@@ -593,7 +657,7 @@ class GroupCoordinator:
 
     def _describe_one(self, group_id: str) -> GroupDescription:
         if not group_id:
-            return GroupDescription("INVALID_GROUP_ID", group_id, DEAD, "", "", ())
+            return GroupDescription(group_error(InvalidGroupId), group_id, DEAD, "", "", ())
         group = self._groups.get(group_id)
         if group is None:
             return GroupDescription(None, group_id, DEAD, "", "", ())
@@ -614,26 +678,27 @@ class GroupCoordinator:
             None, group_id, group.state, group.protocol_type or "", protocol, members
         )
 
-    def delete(self, group_ids: list[str]) -> list[tuple[str, str | None]]:
-        """Delete Empty groups; others -> NON_EMPTY_GROUP, unknown -> GROUP_ID_NOT_FOUND."""
-        results: list[tuple[str, str | None]] = []
+    def delete(self, group_ids: list[str]) -> list[GroupDeletion]:
+        """Delete Empty groups; others -> NonEmptyGroup, unknown -> GroupIdNotFound."""
+        results: list[GroupDeletion] = []
         for group_id in group_ids:
             group = self._groups.get(group_id)
+            kind: ErrorKind | None = None
             if not group_id:
-                results.append((group_id, "INVALID_GROUP_ID"))
+                kind = InvalidGroupId
             elif group is None:
-                results.append((group_id, "GROUP_ID_NOT_FOUND"))
+                kind = GroupIdNotFound
             elif group.state != EMPTY:
-                results.append((group_id, "NON_EMPTY_GROUP"))
+                kind = NonEmptyGroup
             else:
                 group.state = DEAD
                 del self._groups[group_id]
-                results.append((group_id, None))
+            results.append(GroupDeletion(group_id, group_error(kind) if kind else None))
         return results
 
     def validate_offset_commit(
         self, group_id: str, *, generation_id: int, member_id: str, now_ms: int
-    ) -> str | None:
+    ) -> GroupError | None:
         """May this OffsetCommit proceed? Kafka's rules: a generation -1 commit without a
         member is a "simple" consumer's, allowed while the group has no members (and it
         creates the Empty group, as Kafka does); anyone else must be a current member of
@@ -642,7 +707,7 @@ class GroupCoordinator:
         group = self._groups.get(group_id)
         if group is None:
             if generation_id >= 0:
-                return "ILLEGAL_GENERATION"
+                return group_error(IllegalGeneration)
             self._groups[group_id] = _Group(group_id)
             return None
         if generation_id < 0 and group.state == EMPTY:
@@ -650,13 +715,13 @@ class GroupCoordinator:
         if generation_id >= 0 or member_id:
             error = group.validate_member(member_id, None)
             if error is not None:
-                return error
+                return group_error(error)
             if generation_id != group.generation_id:
-                return "ILLEGAL_GENERATION"
+                return group_error(IllegalGeneration)
         else:
-            return "UNKNOWN_MEMBER_ID"
+            return group_error(UnknownMemberId)
         if group.state == COMPLETING_REBALANCE:
-            return "REBALANCE_IN_PROGRESS"
+            return group_error(RebalanceInProgress)
         member = group.members[member_id]
         member.deadline_ms = now_ms + member.session_timeout_ms  # a commit is a sign of life
         return None

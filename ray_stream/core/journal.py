@@ -1,11 +1,9 @@
 """The metadata journal: entry (de)serialization and the object-key layout (pure, no I/O).
 
-The object store is the source of truth for metadata (docs/design/0002). Two key families,
-both with 20-digit zero-padded indexes so they list in order:
-
-- ``metadata/journal/{n:020d}.json``: entry ``n``, one per group-commit round (the
-  sequencer ``Changes`` it made durable) or a *fence* (no changes) that starts an epoch.
-- ``metadata/snapshots/{n:020d}.sqlite``: the SQLite state holding every entry ``<= n``.
+The object store is the source of truth for metadata (docs/design/0002). Entry ``n`` is
+stored at ``journal_key(n)`` (``core/keys.py``), one per group-commit round (the sequencer
+``Changes`` it made durable) or a *fence* (no changes) that starts an epoch; a snapshot
+at ``snapshot_key(n)`` holds the SQLite state of every entry ``<= n``.
 
 An entry is compact JSON: ``{"format": 1, "index": n, "epoch": e, "incarnation": id,
 "kind": "fence" | "round", "changes": {...}}``. The body repeats its index so an entry
@@ -40,33 +38,17 @@ from ray_stream.errors import CorruptData
 __all__ = [
     "FENCE",
     "FORMAT_VERSION",
-    "JOURNAL_PREFIX",
     "ROUND",
-    "SNAPSHOT_PREFIX",
     "JournalEntry",
     "changes_from_json",
     "changes_to_json",
     "decode_entry",
     "encode_entry",
-    "journal_index",
-    "journal_key",
-    "segment_time_ms",
-    "snapshot_index",
-    "snapshot_key",
 ]
 
 FORMAT_VERSION = 1
-JOURNAL_PREFIX = "metadata/journal/"
-SNAPSHOT_PREFIX = "metadata/snapshots/"
-_JOURNAL_SUFFIX = ".json"
-_SNAPSHOT_SUFFIX = ".sqlite"
-_INDEX_DIGITS = 20
 FENCE = "fence"
 ROUND = "round"
-
-_SEGMENT_PREFIX = "segments/"
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_CROCKFORD_VALUE = {c: i for i, c in enumerate(_CROCKFORD)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,56 +68,6 @@ class JournalEntry:
     incarnation: str
     kind: str
     changes: Changes = field(default_factory=Changes)
-
-
-# ----------------------------------------------------------------------- keys
-def journal_key(index: int) -> str:
-    return f"{JOURNAL_PREFIX}{_check_index(index):0{_INDEX_DIGITS}d}{_JOURNAL_SUFFIX}"
-
-
-def snapshot_key(index: int) -> str:
-    return f"{SNAPSHOT_PREFIX}{_check_index(index):0{_INDEX_DIGITS}d}{_SNAPSHOT_SUFFIX}"
-
-
-def journal_index(key: str) -> int | None:
-    """The index of a journal key, or None for any other key (temp files, strays)."""
-    return _parse_index(key, JOURNAL_PREFIX, _JOURNAL_SUFFIX)
-
-
-def snapshot_index(key: str) -> int | None:
-    """The index of a snapshot key, or None for any other key."""
-    return _parse_index(key, SNAPSHOT_PREFIX, _SNAPSHOT_SUFFIX)
-
-
-def _parse_index(key: str, prefix: str, suffix: str) -> int | None:
-    if not (key.startswith(prefix) and key.endswith(suffix)):
-        return None
-    digits = key[len(prefix) : len(key) - len(suffix)]
-    if len(digits) != _INDEX_DIGITS or not digits.isdigit():
-        return None
-    return int(digits)
-
-
-def _check_index(index: int) -> int:
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"journal index must be an int >= 0, got {index!r}")
-    return index
-
-
-def segment_time_ms(key: str) -> int | None:
-    """The creation time (ms) in a ``segments/<ULID>.arrow`` key, or None if not a ULID."""
-    if not key.startswith(_SEGMENT_PREFIX):
-        return None
-    name = key[len(_SEGMENT_PREFIX) :].split(".", 1)[0]
-    if len(name) != 26:
-        return None
-    value = 0
-    for char in name[:10]:  # characters 0-9 hold bits 80-129 of the ULID: the ms timestamp
-        digit = _CROCKFORD_VALUE.get(char)
-        if digit is None:
-            return None
-        value = value << 5 | digit
-    return value
 
 
 # -------------------------------------------------------------------- entries

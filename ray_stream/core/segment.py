@@ -17,36 +17,28 @@ Invariants this module owns:
   batch before returning; a reader may GET just that range and hand it to a client.
 
 Never: compress IPC buffers (positions would stop being byte ranges of payloads), or
-read clocks/randomness itself (``new_segment_key`` takes them as arguments).
+read clocks or randomness (segment keys come from ``core/keys.py``).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-import struct
 
 import pyarrow as pa
 
 from ray_stream.errors import CorruptData, InternalError, InvalidRequest, RecordTooLarge
-
-if TYPE_CHECKING:
-    import random
 
 __all__ = [
     "FORMAT_VERSION",
     "SCHEMA",
     "SegmentBatch",
     "build_segment",
-    "new_segment_key",
     "read_segment",
 ]
 
 FORMAT_VERSION = 1
-SEGMENT_PREFIX = "segments/"
-SEGMENT_SUFFIX = ".arrow"
 
 SCHEMA = pa.schema(
     [
@@ -65,10 +57,6 @@ SCHEMA = pa.schema(
 _PAYLOAD_INDEX = SCHEMA.get_field_index("payload")
 _MAX_PAYLOAD_BYTES = 2**31 - 1  # pa.binary() has int32 value offsets
 _WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression=None, use_threads=False)
-
-# Crockford's base32 (no I, L, O, U): ULIDs sort as strings in time order.
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_MAX_ULID_TIME_MS = 2**48 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +149,11 @@ def _binary_array(payloads: list[bytes]) -> pa.Array:
     return pa.Array.from_buffers(
         pa.binary(),
         len(payloads),
-        [None, pa.py_buffer(struct.pack(f"<{len(offsets)}i", *offsets)), pa.py_buffer(b"".join(payloads))],
+        [
+            None,
+            pa.py_buffer(struct.pack(f"<{len(offsets)}i", *offsets)),
+            pa.py_buffer(b"".join(payloads)),
+        ],
     )
 
 
@@ -207,20 +199,3 @@ def read_segment(data: bytes | memoryview) -> pa.Table:
             f"segment format_version {version!r} is not supported (expected {FORMAT_VERSION})"
         )
     return table
-
-
-def new_segment_key(now_ms: int, rand: random.Random) -> str:
-    """A new segment object key: ``segments/<ULID>.arrow``.
-
-    The ULID is 26 Crockford base32 characters: 48 bits of ``now_ms`` then 80 random
-    bits from ``rand``, so keys sort by creation time (to the millisecond) and LIST
-    returns segments oldest first.
-
-    Raises:
-        InvalidRequest: ``now_ms`` is negative or beyond the ULID range (year 10889).
-    """
-    if not 0 <= now_ms <= _MAX_ULID_TIME_MS:
-        raise InvalidRequest(f"now_ms {now_ms} is outside the ULID range 0..2**48-1")
-    value = (now_ms << 80) | rand.getrandbits(80)
-    chars = [_CROCKFORD[(value >> shift) & 0x1F] for shift in range(125, -1, -5)]
-    return f"{SEGMENT_PREFIX}{''.join(chars)}{SEGMENT_SUFFIX}"

@@ -34,18 +34,24 @@ Never: do I/O, read clocks, or generate ids (the shell passes ``topic_id`` in).
 from __future__ import annotations
 
 import re
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from ray_stream.core.metadata_api import (
+    CommitRequest,
+    LocateAnswer,
+    OffsetAnswer,
+    RefColumns,
+    SegmentResult,
+)
 from ray_stream.core.topic_name import collision_key, validate_topic_name
 from ray_stream.core.types import (
     BatchEntry,
     BatchRef,
     BatchResult,
-    CommitRequest,
     CommittedOffset,
-    LocateResult,
     PartitionInfo,
     TopicInfo,
 )
@@ -69,7 +75,17 @@ SEQUENCE_LIMIT = 2**31  # sequences wrap from Int.MAX to 0 (DefaultRecordBatch.i
 MAX_EPOCH = 32767  # producer epochs are int16
 EARLIEST = -2
 LATEST = -1
+MAX_TIMESTAMP = -3  # KIP-734: the newest batch's last offset and max timestamp
 _TOPIC_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True, slots=True)
+class LocateResult:
+    """One partition's ``locate`` answer: its watermarks and the batches found."""
+
+    high_watermark: int
+    log_start_offset: int
+    batches: tuple[BatchRef, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +251,10 @@ class Sequencer:
 
         Returns:
             ``(log_start_offset, -1)`` for -2 (earliest), ``(high_watermark, -1)`` for -1
-            (latest); otherwise the base offset and max timestamp of the first batch with
-            ``max_timestamp >= timestamp``, or ``(-1, -1)`` when there is none.
+            (latest); for -3 (KIP-734 max timestamp) the newest batch's last offset and
+            max timestamp (exact when timestamps grow with offsets, as CreateTime from one
+            producer does); otherwise the base offset and max timestamp of the first batch
+            with ``max_timestamp >= timestamp``. ``(-1, -1)`` when there is none.
 
         Raises:
             UnknownTopicOrPartition: no such topic or partition.
@@ -247,13 +265,52 @@ class Sequencer:
             return part.log_start_offset, -1
         if timestamp == LATEST:
             return part.high_watermark, -1
+        if timestamp == MAX_TIMESTAMP:
+            if part.high_watermark <= part.log_start_offset or not part.refs:
+                return -1, -1
+            last = part.refs[-1]
+            return last.last_offset, last.max_timestamp
         if timestamp < 0:
-            raise InvalidRequest(f"list_offset timestamp {timestamp} is not -2, -1 or >= 0")
+            raise InvalidRequest(f"list_offset timestamp {timestamp} is not -3, -2, -1 or >= 0")
         i = bisect_left(part.ts_prefix, timestamp)
         if i == len(part.refs):
             return -1, -1
         ref = part.refs[i]
         return max(ref.base_offset, part.log_start_offset), ref.max_timestamp
+
+    def list_offsets(self, queries: Sequence[tuple[str, int, int]]) -> list[OffsetAnswer]:
+        """``list_offset`` for each ``(topic, partition, timestamp)``, errors per query."""
+        answers = []
+        for topic, partition, timestamp in queries:
+            try:
+                offset, found = self.list_offset(topic, partition, timestamp)
+            except (UnknownTopicOrPartition, InvalidRequest) as exc:
+                answers.append(OffsetAnswer(-1, -1, exc))
+            else:
+                answers.append(OffsetAnswer(offset, found))
+        return answers
+
+    def locate_many(
+        self, positions: Sequence[tuple[str, int, int, int]], *, catalog_version: int
+    ) -> LocateAnswer:
+        """``locate`` for each ``(topic, partition, offset, max_bytes)`` as one columnar
+        answer; UnknownTopicOrPartition and OffsetOutOfRange are per-position errors."""
+        hwms, starts, ends = array("q"), array("q"), array("i")
+        errors: dict[int, RayStreamError] = {}
+        refs: list[BatchRef] = []
+        for i, (topic, partition, offset, max_bytes) in enumerate(positions):
+            try:
+                found = self.locate(topic, partition, offset, max_bytes)
+            except (UnknownTopicOrPartition, OffsetOutOfRange) as exc:
+                errors[i] = exc
+                hwms.append(-1)
+                starts.append(-1)
+            else:
+                hwms.append(found.high_watermark)
+                starts.append(found.log_start_offset)
+                refs.extend(found.batches)
+            ends.append(len(refs))
+        return LocateAnswer(hwms, starts, ends, RefColumns.from_refs(refs), errors, catalog_version)
 
     def producer_state(self, producer_id: int, topic: str, partition: int) -> ProducerState | None:
         return self._producers.get((producer_id, topic, partition))
@@ -351,11 +408,11 @@ class Sequencer:
 
     def plan_commits(
         self, requests: Sequence[CommitRequest], *, retries: Sequence[bool] | None = None
-    ) -> tuple[list[list[BatchResult]], Changes]:
+    ) -> tuple[list[SegmentResult], Changes]:
         """Assign offsets to every batch of a group-commit round.
 
-        Returns one ``BatchResult`` list per request (in entry order) and the rows to
-        persist. Failed or duplicate entries produce no rows.
+        Returns one ``SegmentResult`` per request (its batches in entry order) and the
+        rows to persist. Failed or duplicate entries produce no rows.
 
         ``retries[i]`` marks request ``i`` as possibly resent after an ambiguous failure:
         its segment key names one immutable object, so an entry already committed from
@@ -367,7 +424,9 @@ class Sequencer:
             raise InternalError(f"{len(flags)} retry flags for {len(requests)} requests")
         round_ = _Round(self)
         results = [
-            [round_.add(r.segment_key, e, retry=flag) for e in r.batches]
+            SegmentResult.of(
+                [round_.add(r.segment_key, e, retry=flag) for e in r.batches.entries()]
+            )
             for r, flag in zip(requests, flags, strict=True)
         ]
         return results, round_.changes()
@@ -441,10 +500,12 @@ class Sequencer:
     def apply_commits(
         self, requests: Sequence[CommitRequest]
     ) -> tuple[list[list[BatchResult]], Changes]:
-        """``plan_commits`` then ``apply``: for callers that persist afterwards or never."""
+        """``plan_commits`` then ``apply``: for callers that persist afterwards or never.
+
+        Returns the results of each request's batches and the rows applied."""
         results, changes = self.plan_commits(requests)
         self.apply(changes)
-        return results, changes
+        return [r.results() for r in results], changes
 
     # ------------------------------------------------------------- internals
     def _topic(self, name: str) -> _Topic:

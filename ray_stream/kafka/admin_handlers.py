@@ -11,7 +11,7 @@ Never: import asyncio, sockets or clocks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kio.schema.errors import ErrorCode
 
@@ -24,25 +24,23 @@ from ray_stream.errors import (
     TopicAlreadyExists,
     UnknownTopicOrPartition,
 )
+from ray_stream.kafka.context import (
+    NO_AUTHORIZED_OPERATIONS,
+    Handler,
+    KafkaBackend,
+    TopicNames,
+    cluster_id,
+)
 from ray_stream.kafka.errors_map import error_code, error_message, note_unexpected
 from ray_stream.kafka.protocol import Request
 from ray_stream.kafka.versions import ApiKey
 
-if TYPE_CHECKING:
-    from ray_stream.kafka.handlers import Handler, KafkaHandlers
+__all__ = ["AdminHandlers", "broker_defaults", "topic_config_defaults"]
 
-__all__ = ["AdminHandlers", "broker_defaults", "cluster_id", "topic_config_defaults"]
-
-NO_AUTHORIZED_OPERATIONS = -(2**31)  # Kafka's "not requested" sentinel
 RESOURCE_TOPIC, RESOURCE_BROKER = 2, 4
 CONFIG_SOURCE_TOPIC, CONFIG_SOURCE_STATIC_BROKER, CONFIG_SOURCE_DEFAULT = 1, 4, 5
 CONFIG_TYPE_STRING = 2
 ENDPOINT_TYPE_BROKERS = 1
-
-
-def cluster_id(settings: Settings) -> str:
-    """A stable cluster id: one per Ray namespace (clients only compare it)."""
-    return f"ray-stream-{settings.namespace}"
 
 
 def topic_config_defaults(settings: Settings) -> dict[str, str]:
@@ -78,12 +76,18 @@ def broker_defaults(settings: Settings, node_id: int) -> dict[str, str]:
 
 
 class AdminHandlers:
-    """Topic administration and cluster description for one agent."""
+    """Topic administration and cluster description for one agent.
 
-    def __init__(self, core: KafkaHandlers) -> None:
-        self._core = core
-        self._meta = core.meta
-        self._settings = core.settings
+    Args:
+        backend: the agent.
+        names: the topic-id cache shared with the other handlers.
+    """
+
+    def __init__(self, backend: KafkaBackend, names: TopicNames) -> None:
+        self._backend = backend
+        self._names = names
+        self._meta = backend.meta
+        self._settings = backend.settings
 
     def dispatch(self) -> dict[int, Handler]:
         return {
@@ -111,7 +115,7 @@ class AdminHandlers:
                     await self._check_absent(topic.name)
                 else:
                     info = await self._meta.create_topic(topic.name, count, config or None)
-                    self._core.remember_topics([info])
+                    self._names.remember([info])
             except Exception as exc:
                 failure = note_unexpected(exc, "create_topic")
             ok = failure is None
@@ -145,14 +149,14 @@ class AdminHandlers:
         responses = []
         for name, topic_id in wanted:
             by_id = name is None and topic_id is not None
-            resolved = await self._core.topic_name_for_id(topic_id) if by_id else name
+            resolved = await self._names.name_for_id(topic_id) if by_id else name
             failure: Exception | None = None
             try:
                 if resolved is None:
                     raise UnknownTopicOrPartition(f"unknown topic id {topic_id}")
                 info = await self._meta.describe_topic(resolved)
                 await self._meta.delete_topic(resolved)
-                self._core.forget_topic(info.topic_id)
+                self._names.forget(info.topic_id)
                 topic_id = info.topic_id
             except Exception as exc:
                 failure = note_unexpected(exc, "delete_topic")
@@ -222,14 +226,14 @@ class AdminHandlers:
             info = await self._meta.describe_topic(name)
             return _config_entries(info.config, self._settings)
         if resource_type == RESOURCE_BROKER:
-            values = broker_defaults(self._settings, self._core.backend.node_id)
+            values = broker_defaults(self._settings, self._backend.node_id)
             return [
                 _config_entry(k, v, CONFIG_SOURCE_STATIC_BROKER) for k, v in sorted(values.items())
             ]
         raise InvalidRequest(f"describe_configs: resource type {resource_type} is not supported")
 
     async def _describe_cluster(self, request: Request, client_host: str) -> dict[str, Any]:
-        backend = self._core.backend
+        backend = self._backend
         brokers = sorted(await backend.brokers(), key=lambda b: b.node_id)
         return {
             "error_code": 0,

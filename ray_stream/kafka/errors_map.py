@@ -1,8 +1,8 @@
-"""ray_stream errors and group-service error names -> Kafka error codes.
+"""ray_stream errors -> Kafka error codes.
 
 Responsibility: the one place where ray_stream's error kinds become wire error codes
-(STYLE.md section 6); handlers call ``error_code(exc)`` / ``group_error_code(name)`` and
-never pick numbers themselves.
+(STYLE.md section 6); handlers call ``error_code(exc)`` and never pick numbers
+themselves.
 
 Invariants: every exception maps to some code (unknown ones to UNKNOWN_SERVER_ERROR);
 the most specific class wins (the table is searched along the exception's MRO, so a
@@ -19,7 +19,7 @@ from kio.schema.errors import ErrorCode
 
 from ray_stream import errors
 
-__all__ = ["error_code", "error_message", "group_error_code", "note_unexpected"]
+__all__ = ["error_code", "error_message", "note_unexpected"]
 
 log = logging.getLogger("ray_stream.kafka.handlers")
 
@@ -43,6 +43,18 @@ _BY_CLASS: dict[type[BaseException], ErrorCode] = {
     # A newer metadata actor took over: retry against it (clients refresh routing).
     errors.Fenced: ErrorCode.not_leader_or_follower,
     errors.CorruptData: ErrorCode.corrupt_message,
+    # The group coordinator's answers (a GroupError's class name is its Kafka name).
+    errors.CoordinatorNotAvailable: ErrorCode.coordinator_not_available,
+    errors.UnknownMemberId: ErrorCode.unknown_member_id,
+    errors.IllegalGeneration: ErrorCode.illegal_generation,
+    errors.RebalanceInProgress: ErrorCode.rebalance_in_progress,
+    errors.MemberIdRequired: ErrorCode.member_id_required,
+    errors.InconsistentGroupProtocol: ErrorCode.inconsistent_group_protocol,
+    errors.FencedInstanceId: ErrorCode.fenced_instance_id,
+    errors.InvalidGroupId: ErrorCode.invalid_group_id,
+    errors.InvalidSessionTimeout: ErrorCode.invalid_session_timeout,
+    errors.GroupIdNotFound: ErrorCode.group_id_not_found,
+    errors.NonEmptyGroup: ErrorCode.non_empty_group,
 }
 
 
@@ -63,20 +75,6 @@ def error_message(exc: BaseException | None) -> str | None:
         return None
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:1000]
-
-
-def group_error_code(name: str | None) -> ErrorCode:
-    """The code of a group-service error name such as ``"UNKNOWN_MEMBER_ID"``.
-
-    Unknown names map to UNKNOWN_SERVER_ERROR rather than raising: a newer group service
-    must not crash an older agent.
-    """
-    if name is None:
-        return ErrorCode.none
-    try:
-        return ErrorCode[name.lower()]
-    except KeyError:
-        return ErrorCode.unknown_server_error
 
 
 def note_unexpected(exc: Exception, what: str) -> Exception:

@@ -1,32 +1,41 @@
 """Consumer-group API handlers: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
 LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups.
 
-Responsibility: translate the classic group protocol between the wire and the group
-service behind ``backend.meta`` (docs/design/0001, "Consumer groups"). Group state lives
-with the metadata actor, so every agent coordinates every group: FindCoordinator always
-names this agent. The service reports errors as Kafka error *names*; they become codes
-here through ``errors_map.group_error_code``. An exception from the service (the metadata
-actor unreachable) becomes COORDINATOR_NOT_AVAILABLE, which makes clients rediscover
-the coordinator and retry.
+Responsibility: translate the classic group protocol between the wire and the typed
+``Groups`` protocol of ``backend.meta`` (``core/metadata_api.py``), one call per request.
+Group state lives with the metadata service, so every agent coordinates every group:
+FindCoordinator always names this agent. The coordinator's answers are ``GroupError``
+values; they become codes here through ``errors_map.error_code``. A failure to reach the
+service (the metadata actor restarting) becomes COORDINATOR_NOT_AVAILABLE, which makes
+clients rediscover the coordinator and retry.
 
 Never: import asyncio, sockets or clocks; keep group state (the service owns it).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from ray_stream.core.types import CommittedOffset
-from ray_stream.errors import Unavailable
-from ray_stream.kafka.admin_handlers import NO_AUTHORIZED_OPERATIONS
-from ray_stream.kafka.errors_map import error_code, group_error_code, note_unexpected
+from ray_stream.core.metadata_api import (
+    HeartbeatRequest,
+    JoinRequest,
+    LeaveRequest,
+    OffsetCommitRequest,
+    SyncRequest,
+)
+from ray_stream.core.types import CommittedOffset, TopicPartition
+from ray_stream.errors import GroupError, Unavailable
+from ray_stream.kafka.context import (
+    NO_AUTHORIZED_OPERATIONS,
+    Handler,
+    KafkaBackend,
+    own_broker,
+)
+from ray_stream.kafka.errors_map import error_code, note_unexpected
 from ray_stream.kafka.protocol import Request
 from ray_stream.kafka.versions import ApiKey
-
-if TYPE_CHECKING:
-    from ray_stream.kafka.handlers import Handler, KafkaHandlers
 
 __all__ = ["MAX_OFFSET_METADATA_BYTES", "GroupHandlers"]
 
@@ -36,7 +45,10 @@ CLASSIC = "classic"
 
 
 def _service_error(exc: Exception, what: str) -> ErrorCode:
-    """Any failure to reach the group service: clients retry via FindCoordinator."""
+    """The code for a failed call: the coordinator's own answer (a GroupError), or for
+    any failure to reach it COORDINATOR_NOT_AVAILABLE (clients retry via FindCoordinator)."""
+    if isinstance(exc, GroupError):
+        return error_code(exc)
     note_unexpected(exc, what)
     code = error_code(exc)
     if isinstance(exc, Unavailable) or code == ErrorCode.unknown_server_error:
@@ -47,9 +59,9 @@ def _service_error(exc: Exception, what: str) -> ErrorCode:
 class GroupHandlers:
     """The group APIs of one agent."""
 
-    def __init__(self, core: KafkaHandlers) -> None:
-        self._core = core
-        self._meta = core.meta
+    def __init__(self, backend: KafkaBackend) -> None:
+        self._backend = backend
+        self._meta = backend.meta
 
     def dispatch(self) -> dict[int, Handler]:
         return {
@@ -67,7 +79,7 @@ class GroupHandlers:
 
     async def _find_coordinator(self, request: Request, client_host: str) -> dict[str, Any]:
         body = request.body
-        me = await self._core.own_broker()
+        me = await own_broker(self._backend)
         key_type = getattr(body, "key_type", KEY_TYPE_GROUP)
         code, message = ErrorCode.none, None
         if key_type != KEY_TYPE_GROUP:  # transactions and share groups are not served
@@ -85,19 +97,20 @@ class GroupHandlers:
     async def _join_group(self, request: Request, client_host: str) -> dict[str, Any]:
         body, version = request.body, request.api_version
         session_ms = _ms(body.session_timeout)
+        join = JoinRequest(
+            group_id=body.group_id,
+            member_id=body.member_id,
+            group_instance_id=getattr(body, "group_instance_id", None),
+            protocol_type=body.protocol_type,
+            protocols=tuple((p.name, p.metadata) for p in body.protocols),
+            session_timeout_ms=session_ms,
+            rebalance_timeout_ms=_ms(getattr(body, "rebalance_timeout", None), session_ms),
+            client_id=request.client_id or "",
+            client_host=client_host,
+            require_known_member_id=version >= 4,
+        )
         try:
-            result = await self._meta.join_group(
-                body.group_id,
-                member_id=body.member_id,
-                group_instance_id=getattr(body, "group_instance_id", None),
-                protocol_type=body.protocol_type,
-                protocols=[(p.name, p.metadata) for p in body.protocols],
-                session_timeout_ms=session_ms,
-                rebalance_timeout_ms=_ms(getattr(body, "rebalance_timeout", None), session_ms),
-                client_id=request.client_id or "",
-                client_host=client_host,
-                require_known_member_id=version >= 4,
-            )
+            result = await self._meta.join_group(join)
         except Exception as exc:
             return {
                 "error_code": _service_error(exc, "join_group"),
@@ -107,7 +120,7 @@ class GroupHandlers:
                 "members": [],
             }
         return {
-            "error_code": group_error_code(result.error),
+            "error_code": error_code(result.error),
             "generation_id": result.generation_id,
             "protocol_type": result.protocol_type,
             "protocol_name": result.protocol_name,
@@ -122,20 +135,21 @@ class GroupHandlers:
 
     async def _sync_group(self, request: Request, client_host: str) -> dict[str, Any]:
         body = request.body
+        sync = SyncRequest(
+            group_id=body.group_id,
+            generation_id=body.generation_id,
+            member_id=body.member_id,
+            group_instance_id=getattr(body, "group_instance_id", None),
+            protocol_type=getattr(body, "protocol_type", None),
+            protocol_name=getattr(body, "protocol_name", None),
+            assignments=tuple((a.member_id, a.assignment) for a in body.assignments),
+        )
         try:
-            result = await self._meta.sync_group(
-                body.group_id,
-                generation_id=body.generation_id,
-                member_id=body.member_id,
-                group_instance_id=getattr(body, "group_instance_id", None),
-                protocol_type=getattr(body, "protocol_type", None),
-                protocol_name=getattr(body, "protocol_name", None),
-                assignments=[(a.member_id, a.assignment) for a in body.assignments],
-            )
+            result = await self._meta.sync_group(sync)
         except Exception as exc:
             return {"error_code": _service_error(exc, "sync_group"), "assignment": b""}
         return {
-            "error_code": group_error_code(result.error),
+            "error_code": error_code(result.error),
             "protocol_type": result.protocol_type,
             "protocol_name": result.protocol_name,
             "assignment": result.assignment,
@@ -143,40 +157,46 @@ class GroupHandlers:
 
     async def _heartbeat(self, request: Request, client_host: str) -> dict[str, Any]:
         body = request.body
+        beat = HeartbeatRequest(
+            body.group_id,
+            body.generation_id,
+            body.member_id,
+            getattr(body, "group_instance_id", None),
+        )
         try:
-            error = await self._meta.heartbeat(
-                body.group_id,
-                generation_id=body.generation_id,
-                member_id=body.member_id,
-                group_instance_id=getattr(body, "group_instance_id", None),
-            )
+            await self._meta.heartbeat(beat)
         except Exception as exc:
             return {"error_code": _service_error(exc, "heartbeat")}
-        return {"error_code": group_error_code(error)}
+        return {"error_code": ErrorCode.none}
 
     async def _leave_group(self, request: Request, client_host: str) -> dict[str, Any]:
         body, version = request.body, request.api_version
         if version >= 3:
-            members = [(m.member_id, m.group_instance_id) for m in body.members]
+            members = tuple((m.member_id, m.group_instance_id) for m in body.members)
         else:
-            members = [(body.member_id, None)]
+            members = ((body.member_id, None),)
         try:
-            error, outcomes = await self._meta.leave_group(body.group_id, members)
+            result = await self._meta.leave_group(LeaveRequest(body.group_id, members))
         except Exception as exc:
             return {"error_code": _service_error(exc, "leave_group"), "members": []}
-        if version < 3 and error is None and outcomes:
-            error = outcomes[0][2]  # one member: its error is the answer
+        error = result.error
+        if version < 3 and error is None and result.members:
+            error = result.members[0].error  # one member: its error is the answer
         return {
-            "error_code": group_error_code(error),
+            "error_code": error_code(error),
             "members": [
-                {"member_id": m, "group_instance_id": instance, "error_code": group_error_code(e)}
-                for m, instance, e in outcomes
+                {
+                    "member_id": m.member_id,
+                    "group_instance_id": m.group_instance_id,
+                    "error_code": error_code(m.error),
+                }
+                for m in result.members
             ],
         }
 
     async def _offset_commit(self, request: Request, client_host: str) -> dict[str, Any]:
         body = request.body
-        offsets: dict[tuple[str, int], CommittedOffset] = {}
+        offsets: dict[TopicPartition, CommittedOffset] = {}
         too_large: set[tuple[str, int]] = set()
         for topic in body.topics:
             for part in topic.partitions:
@@ -186,16 +206,18 @@ class GroupHandlers:
                     too_large.add(key)
                     continue
                 epoch = getattr(part, "committed_leader_epoch", -1)
-                offsets[key] = CommittedOffset(part.committed_offset, metadata, epoch)
+                offsets[TopicPartition(*key)] = CommittedOffset(
+                    part.committed_offset, metadata, epoch
+                )
+        commit = OffsetCommitRequest(
+            body.group_id,
+            offsets,
+            generation_id=getattr(body, "generation_id_or_member_epoch", -1),
+            member_id=getattr(body, "member_id", ""),
+        )
         try:
-            error = await self._meta.validate_offset_commit(
-                body.group_id,
-                generation_id=getattr(body, "generation_id_or_member_epoch", -1),
-                member_id=getattr(body, "member_id", ""),
-            )
-            code = group_error_code(error)
-            if error is None and offsets:
-                await self._meta.commit_offsets(body.group_id, offsets)
+            await self._meta.commit_offsets(commit)
+            code = ErrorCode.none
         except Exception as exc:
             code = _service_error(exc, "offset_commit")
         return {
@@ -226,7 +248,9 @@ class GroupHandlers:
 
     async def _group_offsets(self, group_id: str, topics: Any) -> dict[str, Any]:
         wanted = (
-            None if topics is None else [(t.name, p) for t in topics for p in t.partition_indexes]
+            None
+            if topics is None
+            else [TopicPartition(t.name, p) for t in topics for p in t.partition_indexes]
         )
         try:
             committed = await self._meta.fetch_offsets(group_id, wanted)
@@ -238,11 +262,11 @@ class GroupHandlers:
             }
         keys = wanted if wanted is not None else sorted(committed)
         by_topic: dict[str, list[dict[str, Any]]] = {}
-        for name, partition in keys:
-            found = committed.get((name, partition))
-            by_topic.setdefault(name, []).append(
+        for tp in keys:
+            found = committed.get(tp)
+            by_topic.setdefault(tp.topic, []).append(
                 {
-                    "partition_index": partition,
+                    "partition_index": tp.partition,
                     "committed_offset": found.offset if found else -1,
                     "committed_leader_epoch": found.leader_epoch if found else -1,
                     "metadata": found.metadata if found else "",
@@ -268,8 +292,13 @@ class GroupHandlers:
         return {
             "error_code": 0,
             "groups": [
-                {"group_id": g, "protocol_type": ptype, "group_state": state, "group_type": CLASSIC}
-                for g, ptype, state in groups
+                {
+                    "group_id": g.group_id,
+                    "protocol_type": g.protocol_type,
+                    "group_state": g.state,
+                    "group_type": CLASSIC,
+                }
+                for g in groups
             ],
         }
 
@@ -283,7 +312,7 @@ class GroupHandlers:
         return {
             "groups": [
                 {
-                    "error_code": group_error_code(d.error),
+                    "error_code": error_code(d.error),
                     "error_message": None,
                     "group_id": d.group_id,
                     "group_state": d.state,
@@ -313,16 +342,11 @@ class GroupHandlers:
         except Exception as exc:
             code = _service_error(exc, "delete_groups")
             return {"results": [{"group_id": g, "error_code": code} for g in group_ids]}
-        results = []
-        for group_id, error in outcomes:
-            code = group_error_code(error)
-            if error is None:
-                try:
-                    await self._meta.delete_group_offsets(group_id)
-                except Exception as exc:
-                    code = _service_error(exc, "delete_group_offsets")
-            results.append({"group_id": group_id, "error_code": code})
-        return {"results": results}
+        return {
+            "results": [
+                {"group_id": o.group_id, "error_code": error_code(o.error)} for o in outcomes
+            ]
+        }
 
 
 def _ms(value: Any, default: int = 0) -> int:

@@ -6,14 +6,16 @@ request's version, so each API is written once for all versions.
 
 Rules:
 
-- Handlers talk only to a ``KafkaBackend`` (the agent, or a fake in tests): data through
-  ``produce``/``fetch``, everything else through ``backend.meta`` (MetadataActor methods).
+- Handlers talk only to a ``KafkaBackend`` (``kafka/context.py``; the agent's
+  ``LogService``): data through ``produce``/``fetch``, everything else through the typed
+  ``backend.meta`` (``core/metadata_api.py``), one call per request where the API allows.
 - ray_stream errors become Kafka codes only through ``errors_map``; a failing backend
   call fails the partitions or resources it concerned, never the whole connection.
-- Produce keeps batches opaque: split, size-check, CRC-check, pass the bytes through.
-  A request's partitions go to the backend in one ``produce`` call; acks=0 gets no
-  response. Any agent serves any partition; "leaders" in Metadata only spread load.
-- Any agent coordinates any group (group state lives with the metadata actor), so
+- Produce keeps batches opaque: split them and pass the bytes through; the backend
+  validates each batch once (size, CRC). A request's partitions go to the backend in one
+  ``produce`` call; acks=0 gets no response. Any agent serves any partition; "leaders"
+  in Metadata only spread load.
+- Any agent coordinates any group (group state lives with the metadata service), so
   FindCoordinator always answers with this agent.
 
 Never: import asyncio, sockets or clocks (long polls are the backend's job).
@@ -22,12 +24,12 @@ Never: import asyncio, sockets or clocks (long polls are the backend's job).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from ray_stream.config import Settings
+from ray_stream.core.metadata_api import OffsetAnswer
 from ray_stream.core.types import BatchResult, BrokerInfo, FetchResult, TopicInfo
 from ray_stream.errors import (
     CorruptData,
@@ -35,62 +37,37 @@ from ray_stream.errors import (
     TopicAlreadyExists,
     UnknownTopicOrPartition,
 )
-from ray_stream.kafka import admin_handlers, group_handlers
-from ray_stream.kafka.admin_handlers import NO_AUTHORIZED_OPERATIONS, cluster_id
+from ray_stream.kafka.admin_handlers import AdminHandlers
+from ray_stream.kafka.context import (
+    NO_AUTHORIZED_OPERATIONS,
+    Handler,
+    KafkaBackend,
+    TopicNames,
+    cluster_id,
+)
 from ray_stream.kafka.errors_map import error_code, error_message, note_unexpected
+from ray_stream.kafka.group_handlers import GroupHandlers
 from ray_stream.kafka.protocol import Request, build_response, supported_api_keys
-from ray_stream.kafka.records import split_batches, verify_crc
+from ray_stream.kafka.records import split_batches
 from ray_stream.kafka.versions import ApiKey
 
-__all__ = ["Handler", "KafkaBackend", "KafkaHandlers", "partition_leader"]
+__all__ = ["KafkaHandlers", "partition_leader"]
 
-TIMESTAMP_LATEST, TIMESTAMP_EARLIEST, TIMESTAMP_MAX, TIMESTAMP_EARLIEST_LOCAL = -1, -2, -3, -4
-
-
-class KafkaBackend(Protocol):
-    """What the handlers need from an agent (docs/design/0001, "Kafka server").
-
-    ``produce`` must take its entries in (buffer them) before its first suspension
-    point: the server starts one connection's handlers in request order, and that is
-    what keeps an idempotent producer's pipelined batches in sequence order.
-    ``brokers()`` must include this agent (``node_id``) once its listener is up.
-    """
-
-    node_id: int
-    settings: Settings
-    meta: Any  # every MetadataActor method as an awaitable
-
-    async def brokers(self) -> list[BrokerInfo]: ...
-
-    async def produce(
-        self, entries: list[tuple[str, int, bytes]], acks: int
-    ) -> list[BatchResult]: ...
-
-    async def fetch(
-        self,
-        requests: list[tuple[str, int, int, int]],
-        *,
-        max_wait_ms: int,
-        min_bytes: int,
-        max_bytes: int,
-    ) -> list[FetchResult]: ...
-
-
-Handler = Callable[[Request, str], Awaitable["dict[str, Any] | None"]]
+TIMESTAMP_EARLIEST, TIMESTAMP_EARLIEST_LOCAL = -2, -4
 
 
 class KafkaHandlers:
     """Answers decoded requests for one agent; one instance serves all its connections.
 
     Args:
-        backend: the agent (or a test fake) the handlers call.
+        backend: the agent's ``LogService`` (any ``KafkaBackend``).
     """
 
     def __init__(self, backend: KafkaBackend) -> None:
         self.backend = backend
         self.settings = backend.settings
         self.meta = backend.meta
-        self._names_by_id: dict[str, str] = {}
+        self.names = TopicNames(backend.meta)
         self._dispatch: dict[int, Handler] = {
             ApiKey.API_VERSIONS: self._api_versions,
             ApiKey.METADATA: self._metadata,
@@ -98,8 +75,8 @@ class KafkaHandlers:
             ApiKey.FETCH: self._fetch,
             ApiKey.LIST_OFFSETS: self._list_offsets,
             ApiKey.INIT_PRODUCER_ID: self._init_producer_id,
-            **admin_handlers.AdminHandlers(self).dispatch(),
-            **group_handlers.GroupHandlers(self).dispatch(),
+            **AdminHandlers(backend, self.names).dispatch(),
+            **GroupHandlers(backend).dispatch(),
         }
 
     async def handle(self, request: Request, *, client_host: str) -> Any | None:
@@ -115,36 +92,6 @@ class KafkaHandlers:
         values.setdefault("throttle_time", 0)
         return build_response(request, values)
 
-    # ------------------------------------------------------------- helpers
-    async def own_broker(self) -> BrokerInfo | None:
-        """This agent's listener, or None while it is not registered yet."""
-        for broker in await self.backend.brokers():
-            if broker.node_id == self.backend.node_id:
-                return broker
-        return None
-
-    def remember_topics(self, topics: Sequence[TopicInfo], *, complete: bool = False) -> None:
-        """Cache topic id -> name (Fetch v13+ addresses topics by id only).
-
-        ``complete=True`` (a full ``list_topics``) replaces the cache, so ids of topics
-        deleted through other agents disappear at the next Metadata request here; in
-        between, a stale id is still resolved and the backend answers for the name.
-        """
-        if complete:
-            self._names_by_id = {t.topic_id: t.name for t in topics}
-        else:
-            self._names_by_id.update((t.topic_id, t.name) for t in topics)
-
-    def forget_topic(self, topic_id: str) -> None:
-        self._names_by_id.pop(topic_id, None)
-
-    async def topic_name_for_id(self, topic_id: Any) -> str | None:
-        """The name of the topic with this kio UUID, or None if unknown."""
-        key = topic_id.hex if topic_id is not None else ""
-        if key not in self._names_by_id:
-            self.remember_topics(await self.meta.list_topics(), complete=True)
-        return self._names_by_id.get(key)
-
     # ------------------------------------------------------------- ApiVersions
     async def _api_versions(self, request: Request, client_host: str) -> dict[str, Any]:
         return {"error_code": 0, "api_keys": supported_api_keys()}
@@ -154,7 +101,7 @@ class KafkaHandlers:
         body, version = request.body, request.api_version
         brokers = sorted(await self.backend.brokers(), key=lambda b: b.node_id)
         topics = await self.meta.list_topics()
-        self.remember_topics(topics, complete=True)
+        self.names.remember(topics, complete=True)
         by_name = {t.name: t for t in topics}
         by_id = {t.topic_id: t for t in topics}
         wanted = body.topics
@@ -195,10 +142,10 @@ class KafkaHandlers:
         try:
             info: TopicInfo = await self.meta.create_topic(name, self.settings.default_partitions)
         except TopicAlreadyExists:
-            return await self.meta.describe_topic(name)  # type: ignore[no-any-return]
+            return await self.meta.describe_topic(name)
         except RayStreamError as exc:
             return exc
-        self.remember_topics([info])
+        self.names.remember([info])
         return info
 
     # ----------------------------------------------------------------- Produce
@@ -244,7 +191,12 @@ class KafkaHandlers:
         }
 
     def _check_records(self, records: bytes | None) -> tuple[list[bytes], Any, str | None]:
-        """(batches, None, None) if acceptable, else ([], error code, message)."""
+        """(batches, None, None) if the record set splits, else ([], error code, message).
+
+        Each batch's own size and CRC are the backend's to check (once, rule 2 of
+        ``agent/segment_writer.py``); a set of several batches over the limit together
+        is refused here, as Kafka does (RECORD_LIST_TOO_LARGE).
+        """
         if not records:
             return [], ErrorCode.corrupt_message, "no record batches"
         try:
@@ -252,11 +204,6 @@ class KafkaHandlers:
         except CorruptData as exc:
             return [], ErrorCode.corrupt_message, error_message(exc)
         limit = self.settings.max_record_bytes
-        for batch in batches:
-            if len(batch) > limit:
-                return [], ErrorCode.message_too_large, f"batch of {len(batch)} bytes > {limit}"
-            if not verify_crc(batch):
-                return [], ErrorCode.corrupt_message, "record batch CRC mismatch"
         if len(batches) > 1 and len(records) > limit:
             message = f"{len(batches)} batches of {len(records)} bytes together > {limit}"
             return [], ErrorCode.record_list_too_large, message
@@ -270,7 +217,7 @@ class KafkaHandlers:
         wanted: list[tuple[str, int, int, int]] = []
         layout: list[tuple[Any, str | None, list[int]]] = []  # (topic key, name, partitions)
         for topic in body.topics:
-            name = await self.topic_name_for_id(topic.topic_id) if by_id else topic.topic
+            name = await self.names.name_for_id(topic.topic_id) if by_id else topic.topic
             layout.append((topic.topic_id if by_id else topic.topic, name, []))
             for part in topic.partitions:
                 layout[-1][2].append(part.partition)
@@ -312,60 +259,56 @@ class KafkaHandlers:
 
     # ------------------------------------------------------------- ListOffsets
     async def _list_offsets(self, request: Request, client_host: str) -> dict[str, Any]:
+        queries = [
+            (topic.name, part.partition_index, _timestamp(part.timestamp))
+            for topic in request.body.topics
+            for part in topic.partitions
+        ]
+        failure: Exception | None = None
+        try:
+            answers = await self.meta.list_offsets(queries)
+        except Exception as exc:
+            failure = note_unexpected(exc, "list_offsets")
+            answers = [OffsetAnswer(-1, -1) for _ in queries]
+        found = iter(answers)
         topics = []
         for topic in request.body.topics:
             parts = []
             for part in topic.partitions:
-                try:
-                    offset, timestamp = await self._list_offset(
-                        topic.name, part.partition_index, part.timestamp
-                    )
-                    code = ErrorCode.none
-                except Exception as exc:
-                    offset, timestamp, code = (
-                        -1,
-                        -1,
-                        error_code(note_unexpected(exc, "list_offset")),
-                    )
+                answer = next(found)
+                error = failure or answer.error
                 parts.append(
                     {
                         "partition_index": part.partition_index,
-                        "error_code": code,
-                        "timestamp": timestamp,
-                        "offset": offset,
+                        "error_code": error_code(error),
+                        "timestamp": answer.timestamp if error is None else -1,
+                        "offset": answer.offset if error is None else -1,
                         "leader_epoch": -1,
                     }
                 )
             topics.append({"name": topic.name, "partitions": parts})
         return {"topics": topics}
 
-    async def _list_offset(self, topic: str, partition: int, timestamp: int) -> tuple[int, int]:
-        if timestamp == TIMESTAMP_EARLIEST_LOCAL:  # everything is "local" here
-            timestamp = TIMESTAMP_EARLIEST
-        if timestamp != TIMESTAMP_MAX:
-            result: tuple[int, int] = await self.meta.list_offset(topic, partition, timestamp)
-            return result
-        # KIP-734 max timestamp: the newest batch's last offset and max timestamp (exact
-        # when timestamps grow with offsets, as CreateTime from one producer does).
-        latest, _ = await self.meta.list_offset(topic, partition, TIMESTAMP_LATEST)
-        earliest, _ = await self.meta.list_offset(topic, partition, TIMESTAMP_EARLIEST)
-        if latest <= earliest:
-            return -1, -1
-        located = await self.meta.locate(topic, partition, latest - 1, 1)
-        last = located.batches[-1]
-        return last.last_offset, last.max_timestamp
-
     # ---------------------------------------------------------- InitProducerId
     async def _init_producer_id(self, request: Request, client_host: str) -> dict[str, Any]:
         try:
-            producer_id, epoch = await self.meta.init_producer_id(request.body.transactional_id)
-            code = ErrorCode.none
+            identity = await self.meta.init_producer_id(request.body.transactional_id)
         except Exception as exc:
-            producer_id, epoch, code = -1, -1, error_code(note_unexpected(exc, "init_producer_id"))
-        return {"error_code": code, "producer_id": producer_id, "producer_epoch": epoch}
+            code = error_code(note_unexpected(exc, "init_producer_id"))
+            return {"error_code": code, "producer_id": -1, "producer_epoch": -1}
+        return {
+            "error_code": ErrorCode.none,
+            "producer_id": identity.producer_id,
+            "producer_epoch": identity.epoch,
+        }
 
 
 # ----------------------------------------------------------------- module helpers
+def _timestamp(timestamp: int) -> int:
+    """Everything is "local" here: earliest-local (-4) is earliest (-2)."""
+    return TIMESTAMP_EARLIEST if timestamp == TIMESTAMP_EARLIEST_LOCAL else timestamp
+
+
 def partition_leader(topic: str, partition: int, brokers: Sequence[BrokerInfo]) -> int:
     """The routing hint for one partition: round-robin over agents, offset per topic."""
     if not brokers:

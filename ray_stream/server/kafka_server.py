@@ -30,8 +30,9 @@ import logging
 from typing import Any
 
 from ray_stream.errors import RayStreamError
+from ray_stream.kafka.context import KafkaBackend
 from ray_stream.kafka.framing import FrameDecoder
-from ray_stream.kafka.handlers import KafkaBackend, KafkaHandlers
+from ray_stream.kafka.handlers import KafkaHandlers
 from ray_stream.kafka.protocol import (
     Request,
     api_versions_fallback,

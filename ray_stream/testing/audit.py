@@ -16,13 +16,14 @@ from __future__ import annotations
 from typing import Any
 
 from ray_stream.actors import handles
+from ray_stream.core.keys import SEGMENT_PREFIX
+from ray_stream.core.metadata_api import LocateRequest
 from ray_stream.storage.url import inner_url, open_store
 from ray_stream.testing.history import FinalRead, StoreAudit
 
 __all__ = ["final_read", "store_audit"]
 
 LOCATE_BYTES = 64 * 1024 * 1024
-SEGMENT_PREFIX = "segments/"
 
 
 def final_read(cluster: Any, topic: str) -> FinalRead:
@@ -66,16 +67,16 @@ def _rows(table: Any) -> list[tuple[int, str]]:
 def _walk(
     cluster: Any, topic: str, p: int, start: int, end: int
 ) -> tuple[list[tuple[int, str]], list[tuple[int, int, int, str]]]:
-    from ray_stream.client.table import read_partition
+    from ray_stream.actors.reader import read_partition
 
     rows: list[tuple[int, str]] = []
     bad: list[tuple[int, int, int, str]] = []
     position = start
     while position < end:
-        located = handles.get(cluster.metadata.locate.remote(topic, p, position, 1), timeout_s=30)
-        if not located.batches:
+        batches = _locate(cluster, topic, p, position, 1)
+        if not batches:
             break
-        ref = located.batches[0]
+        ref = batches[0]
         lo, hi = max(position, ref.base_offset), min(end, ref.last_offset + 1)
         try:
             rows += _rows(read_partition(cluster.agent(p), topic, p, lo, hi))
@@ -154,11 +155,22 @@ def _refs(cluster: Any, topic: str, p: int, start: int, end: int) -> list[Any]:
     refs: list[Any] = []
     position = start
     while position < end:
-        located = handles.get(
-            cluster.metadata.locate.remote(topic, p, position, LOCATE_BYTES), timeout_s=30
-        )
-        if not located.batches:
+        batches = _locate(cluster, topic, p, position, LOCATE_BYTES)
+        if not batches:
             break
-        refs += located.batches
-        position = max(position + 1, located.batches[-1].last_offset + 1)
+        refs += batches
+        position = max(position + 1, batches[-1].last_offset + 1)
     return refs
+
+
+def _locate(cluster: Any, topic: str, p: int, position: int, max_bytes: int) -> list[Any]:
+    """The committed batches of one partition from ``position`` on (up to ``max_bytes``).
+
+    Raises:
+        The locate's error for that position (UnknownTopicOrPartition, OffsetOutOfRange).
+    """
+    request = LocateRequest(((topic, p, position, max_bytes),))
+    answer = handles.get(cluster.metadata.locate.remote(request), timeout_s=30)
+    if 0 in answer.errors:
+        raise answer.errors[0]
+    return answer.batches(0)

@@ -37,6 +37,7 @@ from typing import Any
 from ray_stream.actors import handles
 from ray_stream.client.cluster import pid_alive
 from ray_stream.config import METADATA_ACTOR_NAME, agent_name
+from ray_stream.core.keys import SEGMENT_PREFIX
 from ray_stream.errors import InvalidRequest
 from ray_stream.testing.history import OK, FaultEvent, History, Send
 from ray_stream.testing.workload import ClusterHolder, classify, error_text
@@ -54,7 +55,7 @@ STORE_SPEC = {
     "put_fail_before": 2,
     "put_fail_after": 2,
     "latency_s": 0.2,
-    "key_prefix": "segments/",
+    "key_prefix": SEGMENT_PREFIX,
 }
 META_STORE_SPEC = {"put_fail_before": 1, "put_fail_after": 1}
 # The metadata actor's node-local files: the legacy database and the per-incarnation

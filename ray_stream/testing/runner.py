@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ray_stream.core.keys import SEGMENT_PREFIX
 from ray_stream.core.percentile import percentile
 from ray_stream.testing.audit import final_read, store_audit
 from ray_stream.testing.bootstrap import (
@@ -54,7 +55,7 @@ __all__ = ["ChaosConfig", "run_chaos"]
 
 TOPIC = "chaos"
 FAILOVER_KINDS = ("kill-metadata", "remove-metadata-node", "restart-cluster")
-BROKEN_STORES = {"drop_acked": {"drop_acked": 1, "key_prefix": "segments/"}}
+BROKEN_STORES = {"drop_acked": {"drop_acked": 1, "key_prefix": SEGMENT_PREFIX}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,5 +463,3 @@ def _failover_samples(history: History, events: list[Any]) -> list[float]:
         if first is not None:
             out.append(round(first - t0, 3))
     return out
-
-

@@ -403,17 +403,18 @@ def read_committed(
 ) -> dict[int, int] | None:
     """Read ``group``'s committed offsets and record the read; None if it failed."""
     from ray_stream.actors import handles
+    from ray_stream.core.types import TopicPartition
 
     invoke = history.now()
     try:
-        got = handles.get(
-            cluster.metadata.fetch_offsets.remote(group, [(topic, p) for p in partitions]),
-            timeout_s=15,
-        )
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        got = handles.get(cluster.metadata.fetch_offsets.remote(group, wanted), timeout_s=15)
     except Exception:
         return None
     offsets = {
-        p: c.offset for (t, p), c in got.items() if t == topic and c is not None and c.offset >= 0
+        tp.partition: c.offset
+        for tp, c in got.items()
+        if tp.topic == topic and c is not None and c.offset >= 0
     }
     history.add(
         CommittedRead(

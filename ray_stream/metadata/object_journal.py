@@ -25,27 +25,23 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray_stream.actors.metadata_store import (
-    FILE_NAME,
-    MetadataStore,
-    cache_dir,
-    cache_epoch,
-    remove_db_files,
-)
 from ray_stream.config import Settings
+from ray_stream.core.backoff import Backoff
 from ray_stream.core.journal import (
     FENCE,
-    JOURNAL_PREFIX,
     ROUND,
-    SNAPSHOT_PREFIX,
     JournalEntry,
     decode_entry,
     encode_entry,
+)
+from ray_stream.core.keys import (
+    JOURNAL_PREFIX,
+    SNAPSHOT_PREFIX,
     journal_index,
     journal_key,
     snapshot_index,
@@ -59,6 +55,13 @@ from ray_stream.errors import (
     NotFound,
     PreconditionFailed,
     StorageUnavailable,
+)
+from ray_stream.metadata.store import (
+    FILE_NAME,
+    MetadataStore,
+    cache_dir,
+    cache_epoch,
+    remove_db_files,
 )
 from ray_stream.storage.base import ObjectStore
 
@@ -168,7 +171,7 @@ class ObjectJournal:
         equal ``data`` (an earlier, ambiguous attempt landed); otherwise we are fenced."""
         key = journal_key(index)
         started = self._monotonic()
-        for delay in _backoff():
+        for delay in Backoff():
             try:
                 try:
                     self.store.put(key, data, if_none_match=True)
@@ -203,7 +206,7 @@ class ObjectJournal:
             StorageUnavailable: the snapshot PUT failed (nothing was deleted).
         """
         deadline = self._monotonic() + self._put_timeout_s
-        for delay in _backoff():
+        for delay in Backoff():
             try:
                 self.store.put(snapshot_key(index), data, if_none_match=True)
                 break
@@ -249,7 +252,7 @@ class ObjectJournal:
         directory.mkdir(parents=True, exist_ok=True)
         legacy = Path(settings.resolved_data_dir) / FILE_NAME
         deadline = self._monotonic() + timeout_s
-        for delay in _backoff():
+        for delay in Backoff():
             try:
                 return self._recover_once(directory, legacy, deadline)
             except (StorageUnavailable, NotFound) as exc:
@@ -354,11 +357,3 @@ class ObjectJournal:
         with ThreadPoolExecutor(max_workers=16) as pool:
             blobs = list(pool.map(lambda i: self.store.get(journal_key(i)), indexes))
         return [decode_entry(b, index=i) for i, b in zip(indexes, blobs, strict=True)]
-
-
-def _backoff(first_s: float = 0.05, max_s: float = 1.0) -> Iterator[float]:
-    """Exponential backoff delays, forever (callers stop at their deadline)."""
-    delay = first_s
-    while True:
-        yield delay
-        delay = min(delay * 2, max_s)

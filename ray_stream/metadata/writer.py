@@ -31,13 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ray_stream.actors.metadata_store import MetadataStore
-from ray_stream.actors.object_journal import ObjectJournal
 from ray_stream.clock import Clock
 from ray_stream.config import Settings
-from ray_stream.core.journal import segment_time_ms
+from ray_stream.core.keys import segment_time_ms
+from ray_stream.core.metadata_api import CommitRequest, SegmentResult
 from ray_stream.core.sequencer import Changes, Sequencer, merge_changes
-from ray_stream.core.types import BatchResult, CommitRequest, CommittedOffset
+from ray_stream.core.types import CommittedOffset
 from ray_stream.errors import (
     Fenced,
     InternalError,
@@ -46,6 +45,8 @@ from ray_stream.errors import (
     StorageUnavailable,
     Unavailable,
 )
+from ray_stream.metadata.object_journal import ObjectJournal
+from ray_stream.metadata.store import MetadataStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,7 +59,6 @@ class _Op:
 
     future: asyncio.Future[Any]
     request: CommitRequest | None = None
-    retry: bool = False  # the agent path: dedup by segment key (see Sequencer.plan_commits)
     group: str = ""
     offsets: dict[tuple[str, int], CommittedOffset] | None = None
 
@@ -131,25 +131,19 @@ class MetadataWriter:
             await self._write(changes)
             return then(value)
 
-    async def commit(self, request: CommitRequest, *, retry: bool) -> list[BatchResult]:
-        """Queue one segment commit for the next round; its results once durable.
+    async def commit_many(self, requests: list[CommitRequest]) -> list[SegmentResult]:
+        """Queue segment commits into the next round, in order; answer once durable.
 
-        Raises:
-            StorageUnavailable, Fenced, Unavailable (rule 4).
-        """
-        op = _Op(asyncio.get_running_loop().create_future(), request, retry=retry)
-        self._enqueue([op])
-        results: list[BatchResult] = await op.future
-        return results
-
-    async def commit_many(self, requests: list[CommitRequest]) -> list[Any]:
-        """Queue several resendable segment commits into one round, in order.
+        Every request may be a resend (its segment key names one immutable object), so
+        batches already committed from that key are answered with their original
+        offsets (``Sequencer.plan_commits``).
 
         Returns:
-            Per request, its results or the ray_stream error that refused it.
+            Per request, its results or the ray_stream error that refused it
+            (StorageUnavailable, Fenced, Unavailable: rule 4).
         """
         loop = asyncio.get_running_loop()
-        ops = [_Op(loop.create_future(), request, retry=True) for request in requests]
+        ops = [_Op(loop.create_future(), request) for request in requests]
         self._enqueue(ops)
         answers = await asyncio.gather(*(op.future for op in ops), return_exceptions=True)
         return [_as_answer(answer) for answer in answers]
@@ -191,9 +185,7 @@ class MetadataWriter:
             commits = [op for op in ops if op.request is not None and self._fresh(op)]
             try:
                 requests = [op.request for op in commits if op.request is not None]
-                results, changes = self._seq.plan_commits(
-                    requests, retries=[op.retry for op in commits]
-                )
+                results, changes = self._seq.plan_commits(requests, retries=[True] * len(requests))
             except Exception as exc:  # a bug: answer the callers instead of hanging them
                 _fail(ops, InternalError(f"planning a commit round failed: {exc!r}"))
                 return
@@ -232,7 +224,7 @@ class MetadataWriter:
         limit_ms = self._settings.orphan_grace_s * 500  # half the grace, in ms
         if made_ms is None or self._clock.now_ms() - made_ms < limit_ms:
             return True
-        if op.retry and self._seq.is_referenced(key):
+        if self._seq.is_referenced(key):
             return True  # a resend of a committed segment: answered as duplicates
         op.future.set_exception(
             Unavailable(
@@ -243,14 +235,14 @@ class MetadataWriter:
         return False
 
     def _count_round(
-        self, commits: list[_Op], results: list[list[BatchResult]], changes: Changes
+        self, commits: list[_Op], results: list[SegmentResult], changes: Changes
     ) -> None:
         stats = self.stats
         stats["commit_rounds"] += 1
         stats["commit_requests"] += len(commits)
         stats["max_round_requests"] = max(stats["max_round_requests"], len(commits))
         stats["batches_committed"] += len(changes.batches)
-        stats["duplicates"] += sum(r.duplicate for rs in results for r in rs)
+        stats["duplicates"] += sum(sum(r.duplicate) for r in results)
 
     # -------------------------------------------------------------- durability
     async def _ready_to_write(self) -> None:
@@ -354,11 +346,13 @@ class MetadataWriter:
             await asyncio.to_thread(self._cache.close)
 
 
-def _as_answer(answer: Any) -> Any:
+def _as_answer(answer: Any) -> SegmentResult:
     """A commit's answer for Ray to carry: results, or a ray_stream error as a value."""
-    if isinstance(answer, RayStreamError) or not isinstance(answer, BaseException):
+    if isinstance(answer, SegmentResult):
         return answer
-    return InternalError(f"commit failed: {answer!r}")
+    if isinstance(answer, RayStreamError):
+        return SegmentResult(error=answer)
+    return SegmentResult(error=InternalError(f"commit failed: {answer!r}"))
 
 
 def _fail(ops: list[_Op], exc: RayStreamError) -> None:

@@ -2,7 +2,7 @@
 
 ``write`` validates and buffers RecordBatch v2 bytes from any number of callers; after
 ``linger_ms`` or ``flush_bytes`` one segment object (Arrow IPC) is PUT, its commit goes
-to the metadata actor through a ``CommitQueue`` (actors/commit_queue.py), and every
+to the metadata service through a ``CommitQueue`` (agent/commit_queue.py), and every
 caller of that flush gets its base offsets.
 
 Rules this module keeps:
@@ -10,13 +10,17 @@ Rules this module keeps:
 1. **Ack only what is durable**: a caller is answered "ok" only after its batch is in a
    durable metadata commit; a failed PUT or commit fails every caller of that flush, and
    nothing of it is visible to readers (only the metadata commit makes it so).
-2. **Buffer order is call order**: ``write`` buffers synchronously, and commits leave in
+2. **Validate once, where data enters**: every batch is checked here (size, header,
+   length field, CRC) and nowhere else on the produce path. A partition's batches of
+   one call are taken or refused together (Kafka appends a partition's record set
+   atomically): one bad batch refuses its partition's others with the same error.
+3. **Buffer order is call order**: ``write`` buffers synchronously, and commits leave in
    flush order, so one caller's batches keep their order within a partition.
-3. **Bounded memory**: a call is refused with Overloaded once buffered plus in-flight
+4. **Bounded memory**: a call is refused with Overloaded once buffered plus in-flight
    bytes would pass ``agent_buffer_bytes`` (an empty writer always takes one call).
-4. **Objects are immutable**: a failed segment PUT is retried with the same key and
-   bytes up to ``segment_put_attempts`` times with backoff.
-5. At most ``MAX_FLUSHES_IN_FLIGHT`` flushes (PUT, then commit) overlap. A flush takes
+5. **Objects are immutable**: a failed segment PUT is retried with the same key and
+   bytes up to ``segment_put_attempts`` times with the shared backoff.
+6. At most ``MAX_FLUSHES_IN_FLIGHT`` flushes (PUT, then commit) overlap. A flush takes
    everything buffered when a slot frees, so under backlog segments grow past
    ``flush_bytes``.
 """
@@ -28,36 +32,38 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_stream.actors.commit_queue import CommitQueue, Place, SendMany
+from ray_stream.agent.commit_queue import CommitQueue, Place, SendMany
 from ray_stream.clock import Clock
 from ray_stream.config import Settings
+from ray_stream.core.backoff import Backoff
+from ray_stream.core.keys import new_segment_key
+from ray_stream.core.metadata_api import CommitRequest
 from ray_stream.core.percentile import percentile
-from ray_stream.core.segment import SegmentBatch, build_segment, new_segment_key
-from ray_stream.core.types import BatchEntry, BatchResult, CommitRequest
-from ray_stream.errors import (
-    CorruptData,
-    Overloaded,
-    RecordTooLarge,
-    StorageUnavailable,
-)
+from ray_stream.core.segment import SegmentBatch, build_segment
+from ray_stream.core.types import BatchEntry, BatchResult
+from ray_stream.errors import CorruptData, Overloaded, RecordTooLarge, StorageUnavailable
 from ray_stream.kafka.records import BatchHeader, parse_batch_header, verify_crc
 
 log = logging.getLogger(__name__)
 
 MAX_FLUSHES_IN_FLIGHT = 3
+STAGES = ("linger", "build", "put", "commit_wait", "commit", "produce_wait")
 
 Put = Callable[[str, bytes], None]  # the object store's blocking PUT
+# called with each committed segment's request and its batches' results, in flush order
+OnCommitted = Callable[[CommitRequest, Sequence[BatchResult]], None]
+_Entry = tuple[int, str, int, bytes, BatchHeader]  # (result index, topic, partition, batch, h)
 
 
 @dataclass(slots=True)
 class _Pending:
     """One produce call waiting for its flush."""
 
-    entries: list[tuple[int, str, int, bytes, BatchHeader]]  # (result index, t, p, bytes, h)
+    entries: list[_Entry]
     results: list[BatchResult | None]
     future: asyncio.Future[list[BatchResult]] | None
     enqueued_s: float  # monotonic time the call was buffered
@@ -71,8 +77,10 @@ class WriteStats:
     batches_in: int = 0
     bytes_in: int = 0
     failures: dict[str, int] = field(default_factory=dict)
-    # buffered -> answered, per produce call, over the latest calls (linger + PUT + commit)
-    produce_wait_ms: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    # per stage, ms over the latest flushes (produce_wait: per call, buffered -> answered)
+    stages_ms: dict[str, deque[float]] = field(
+        default_factory=lambda: {stage: deque(maxlen=4096) for stage in STAGES}
+    )
 
 
 class SegmentWriter:
@@ -84,9 +92,11 @@ class SegmentWriter:
             commit_group_wait_ms.
         name: the agent's name, for error messages.
         put: the object store's blocking PUT (run in a thread).
-        send_commits: the metadata actor's ``commit_many_with_epoch``.
+        send_commits: the metadata service's ``commit``.
         on_written: called with each segment's key and bytes once stored (the read
             cache's write-through).
+        on_committed: called with each segment's commit request and results once
+            durable (the agent's location cache learns from it).
         clock / rand: injected time and randomness (backoff jitter, segment keys).
     """
 
@@ -98,6 +108,7 @@ class SegmentWriter:
         put: Put,
         send_commits: SendMany,
         on_written: Callable[[str, bytes], None],
+        on_committed: OnCommitted,
         clock: Clock,
         rand: random.Random,
     ) -> None:
@@ -105,6 +116,7 @@ class SegmentWriter:
         self._name = name
         self._put = put
         self._on_written = on_written
+        self._on_committed = on_committed
         self._clock = clock
         self._rand = rand
         self.commits = CommitQueue(
@@ -112,6 +124,7 @@ class SegmentWriter:
             clock=clock,
             wait_s=settings.resolved_commit_group_wait_ms / 1000,
             retry_s=settings.metadata_retry_s,
+            rand=rand,
         )
         self.stats = WriteStats()
         self._pending: list[_Pending] = []
@@ -126,24 +139,19 @@ class SegmentWriter:
     # ------------------------------------------------------------------ callers
 
     def write(
-        self, entries: list[tuple[str, int, bytes]], acks: int
+        self, entries: Sequence[tuple[str, int, bytes]], acks: int
     ) -> asyncio.Future[list[BatchResult]]:
         """Validate and buffer now (synchronously, so buffer order is call order).
 
         Returns:
             A future of one BatchResult per entry, resolved after the flush (at once
             for ``acks=0``, with an empty list). Entries that fail validation carry
-            RecordTooLarge or CorruptData; a full buffer gives every entry Overloaded.
+            RecordTooLarge or CorruptData (rule 2); a full buffer gives every entry
+            Overloaded.
         """
         self._start()
         results: list[BatchResult | None] = [None] * len(entries)
-        valid: list[tuple[int, str, int, bytes, BatchHeader]] = []
-        for i, (topic, partition, data) in enumerate(entries):
-            checked = self._check_batch(data)
-            if isinstance(checked, Exception):
-                results[i] = BatchResult(base_offset=-1, error=checked)
-            else:
-                valid.append((i, topic, partition, bytes(data), checked))
+        valid = self._validate(entries, results)
         full = self._buffer_full(sum(len(e[3]) for e in valid))
         if full is not None:
             for i, *_ in valid:
@@ -178,16 +186,27 @@ class SegmentWriter:
             self._slots = asyncio.Semaphore(MAX_FLUSHES_IN_FLIGHT)
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
-    def _buffer_full(self, adding: int) -> Overloaded | None:
-        """Overloaded when ``adding`` bytes would pass ``agent_buffer_bytes`` (rule 3)."""
-        held = self.pending_bytes + self.inflight_bytes
-        limit = self.settings.resolved_agent_buffer_bytes
-        if held == 0 or held + adding <= limit:
-            return None
-        return Overloaded(
-            f"{self._name} holds {held} bytes of unacknowledged produce data; "
-            f"agent_buffer_bytes={limit}: the object store or metadata is slow, retry"
-        )
+    def _validate(
+        self, entries: Sequence[tuple[str, int, bytes]], results: list[BatchResult | None]
+    ) -> list[_Entry]:
+        """The entries to buffer; refused ones get their result now (rule 2)."""
+        checked: list[tuple[int, str, int, bytes, BatchHeader | Exception]] = [
+            (i, topic, partition, data, self._check_batch(data))
+            for i, (topic, partition, data) in enumerate(entries)
+        ]
+        refused: dict[tuple[str, int], Exception] = {}
+        for _, topic, partition, _, header in checked:
+            if isinstance(header, Exception):
+                refused.setdefault((topic, partition), header)
+        valid: list[_Entry] = []
+        for i, topic, partition, data, header in checked:
+            error = refused.get((topic, partition))
+            if error is not None:
+                results[i] = BatchResult(base_offset=-1, error=error)
+            else:
+                assert not isinstance(header, Exception)
+                valid.append((i, topic, partition, data, header))
+        return valid
 
     def _check_batch(self, data: bytes) -> BatchHeader | Exception:
         if len(data) > self.settings.max_record_bytes:
@@ -204,6 +223,17 @@ class SegmentWriter:
         if not verify_crc(data):
             return CorruptData("RecordBatch CRC32C mismatch: the batch was corrupted in transit")
         return header
+
+    def _buffer_full(self, adding: int) -> Overloaded | None:
+        """Overloaded when ``adding`` bytes would pass ``agent_buffer_bytes`` (rule 4)."""
+        held = self.pending_bytes + self.inflight_bytes
+        limit = self.settings.resolved_agent_buffer_bytes
+        if held == 0 or held + adding <= limit:
+            return None
+        return Overloaded(
+            f"{self._name} holds {held} bytes of unacknowledged produce data; "
+            f"agent_buffer_bytes={limit}: the object store or metadata is slow, retry"
+        )
 
     def _enqueue(self, pending: _Pending) -> None:
         assert self._wakeup is not None
@@ -242,6 +272,9 @@ class SegmentWriter:
 
     async def _flush(self, pendings: list[_Pending], place: Place, size: int) -> None:
         assert self._slots is not None
+        started = self._clock.monotonic_s()
+        self._stage("linger", started - pendings[0].enqueued_s)
+        request: CommitRequest | None = None
         try:
             try:
                 staged: CommitRequest | Exception
@@ -249,10 +282,17 @@ class SegmentWriter:
             except Exception as exc:  # loop boundary: every caller of this flush gets the error
                 log.exception("flush failed")
                 staged, give_up = exc, 0.0
+            request = staged if isinstance(staged, CommitRequest) else None
+            written = self._clock.monotonic_s()
             outcome = await self.commits.commit(place, staged, give_up=give_up)
+            if request is not None:
+                self._stage("commit_wait", place.sent_s - written)
+                self._stage("commit", self._clock.monotonic_s() - place.sent_s)
         finally:
             self._slots.release()
             self.inflight_bytes -= size
+        if request is not None and not isinstance(outcome, Exception):
+            self._on_committed(request, outcome)
         self._answer(pendings, outcome)
 
     async def _write_segment(
@@ -275,45 +315,50 @@ class SegmentWriter:
             )
             for _, t, p, data, h in flat
         ]
+        started = self._clock.monotonic_s()
         body, positions = await asyncio.to_thread(build_segment, seg)
+        built = self._clock.monotonic_s()
+        self._stage("build", built - started)
         key = new_segment_key(self._clock.now_ms(), self._rand)
         # After half the orphan grace the sweep may delete an uncommitted segment: never
-        # commit it past that point (the metadata actor refuses it too).
-        give_up = self._clock.monotonic_s() + self.settings.orphan_grace_s / 2
+        # commit it past that point (the metadata service refuses it too).
+        give_up = built + self.settings.orphan_grace_s / 2
         failed = await self._put_segment(key, body)
+        self._stage("put", self._clock.monotonic_s() - built)
         if failed is not None:
             return failed, give_up
         self.stats.puts += 1
         self.stats.put_bytes += len(body)
         self.stats.flushes += 1
         self._on_written(key, body)
-        batches = tuple(
+        batches = [
             BatchEntry(
-                topic=s.topic,
-                partition=s.partition,
-                position=pos,
-                length=length,
-                record_count=s.record_count,
-                first_timestamp=s.first_timestamp,
-                max_timestamp=s.max_timestamp,
-                producer_id=s.producer_id,
-                producer_epoch=s.producer_epoch,
-                base_sequence=s.base_sequence,
+                s.topic,
+                s.partition,
+                pos,
+                length,
+                s.record_count,
+                s.first_timestamp,
+                s.max_timestamp,
+                s.producer_id,
+                s.producer_epoch,
+                s.base_sequence,
             )
             for s, (pos, length) in zip(seg, positions, strict=True)
-        )
-        return CommitRequest(segment_key=key, segment_bytes=len(body), batches=batches), give_up
+        ]
+        return CommitRequest.of(key, len(body), batches), give_up
 
     async def _put_segment(self, key: str, body: bytes) -> Exception | None:
-        """PUT with retries (rule 4); the error if all attempts failed, else None."""
-        delay = 0.1
-        for attempt in range(1, self.settings.segment_put_attempts + 1):
+        """PUT with retries (rule 5); the error if all attempts failed, else None."""
+        backoff = Backoff(rand=self._rand)
+        attempts = self.settings.segment_put_attempts
+        for attempt in range(1, attempts + 1):
             try:
                 await asyncio.to_thread(self._put, key, body)
                 return None
             except StorageUnavailable as exc:
                 self._count_failure("put")
-                if attempt == self.settings.segment_put_attempts:
+                if attempt == attempts:
                     return StorageUnavailable(
                         f"segment PUT of {len(body)} bytes to {key} failed {attempt} times: {exc}"
                     )
@@ -323,11 +368,10 @@ class SegmentWriter:
                 return StorageUnavailable(
                     f"segment PUT of {len(body)} bytes to {key} failed: {exc}"
                 )
-            await asyncio.sleep(delay * (0.5 + self._rand.random()))
-            delay = min(delay * 2, 2.0)
+            await asyncio.sleep(backoff.next_delay())
         raise AssertionError("unreachable")
 
-    def _answer(self, pendings: list[_Pending], outcome: list[BatchResult] | Exception) -> None:
+    def _answer(self, pendings: list[_Pending], outcome: Sequence[BatchResult] | Exception) -> None:
         cursor, now = 0, self._clock.monotonic_s()
         for pending in pendings:
             for result_index, *_ in pending.entries:
@@ -338,7 +382,10 @@ class SegmentWriter:
                 cursor += 1
             if pending.future is not None and not pending.future.done():
                 pending.future.set_result([r for r in pending.results if r is not None])
-        self.stats.produce_wait_ms.extend((now - p.enqueued_s) * 1000 for p in pendings)
+            self._stage("produce_wait", now - pending.enqueued_s)
+
+    def _stage(self, stage: str, seconds: float) -> None:
+        self.stats.stages_ms[stage].append(seconds * 1000)
 
     def _count_failure(self, kind: str) -> None:
         self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
@@ -364,7 +411,8 @@ class SegmentWriter:
                 kind: s.failures.get(kind, 0) + c.failures.get(kind, 0)
                 for kind in {*s.failures, *c.failures}
             },
-            "produce_wait_ms": _latency(s.produce_wait_ms),
+            "produce_wait_ms": _latency(s.stages_ms["produce_wait"]),
+            "stages_ms": {stage: _latency(values) for stage, values in s.stages_ms.items()},
         }
 
 

@@ -2,8 +2,8 @@
 
 Responsibility: turn the core's ``Pending(ticket)`` answers into awaitables, feed it the
 injected clock, and run the one background task that expires sessions and finishes
-rebalances whose timeout passed. The MetadataActor delegates its group methods here
-one-to-one, so the public async methods below are exactly the contract's signatures.
+rebalances whose timeout passed. The metadata service (``metadata/service.py``) answers
+the ``Groups`` protocol (``core/metadata_api.py``) through it.
 
 Invariants:
 - All state lives in the core; this class holds only the futures of parked requests,
@@ -25,16 +25,18 @@ import random
 from ray_stream.clock import Clock, SystemClock
 from ray_stream.core.group import (
     GroupCoordinator,
+    GroupDeletion,
     GroupDescription,
+    GroupListing,
     JoinResult,
-    MemberDescription,
+    LeaveResult,
     Pending,
     SyncResult,
-    join_error,
-    sync_error,
 )
+from ray_stream.core.metadata_api import HeartbeatRequest, JoinRequest, LeaveRequest, SyncRequest
+from ray_stream.errors import CoordinatorNotAvailable, GroupError
 
-__all__ = ["GroupDescription", "GroupService", "JoinResult", "MemberDescription", "SyncResult"]
+__all__ = ["GroupService"]
 
 log = logging.getLogger(__name__)
 
@@ -72,92 +74,66 @@ class GroupService:
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
 
-    async def join_group(
-        self,
-        group_id: str,
-        *,
-        member_id: str,
-        group_instance_id: str | None,
-        protocol_type: str,
-        protocols: list[tuple[str, bytes]],
-        session_timeout_ms: int,
-        rebalance_timeout_ms: int,
-        client_id: str,
-        client_host: str,
-        require_known_member_id: bool,
-    ) -> JoinResult:
+    async def join_group(self, request: JoinRequest) -> JoinResult:
         """JoinGroup; blocks until the rebalance completes (or its timeout passes).
 
         Returns:
             The member's JoinResult; the leader's carries every member's metadata.
         """
         outcome = self._core.join(
-            group_id,
-            member_id=member_id,
-            group_instance_id=group_instance_id,
-            protocol_type=protocol_type,
-            protocols=protocols,
-            session_timeout_ms=session_timeout_ms,
-            rebalance_timeout_ms=rebalance_timeout_ms,
-            client_id=client_id,
-            client_host=client_host,
-            require_known_member_id=require_known_member_id,
+            request.group_id,
+            member_id=request.member_id,
+            group_instance_id=request.group_instance_id,
+            protocol_type=request.protocol_type,
+            protocols=list(request.protocols),
+            session_timeout_ms=request.session_timeout_ms,
+            rebalance_timeout_ms=request.rebalance_timeout_ms,
+            client_id=request.client_id,
+            client_host=request.client_host,
+            require_known_member_id=request.require_known_member_id,
             now_ms=self._now_ms(),
         )
-        result = await self._settle(outcome, join_error("COORDINATOR_NOT_AVAILABLE", member_id))
+        unavailable = JoinResult(_unavailable(), -1, None, None, "", request.member_id, False, ())
+        result = await self._settle(outcome, unavailable)
         assert isinstance(result, JoinResult)
         return result
 
-    async def sync_group(
-        self,
-        group_id: str,
-        *,
-        generation_id: int,
-        member_id: str,
-        group_instance_id: str | None,
-        protocol_type: str | None,
-        protocol_name: str | None,
-        assignments: list[tuple[str, bytes]],
-    ) -> SyncResult:
+    async def sync_group(self, request: SyncRequest) -> SyncResult:
         """SyncGroup; followers block until the leader sends the assignment."""
         outcome = self._core.sync(
-            group_id,
-            generation_id=generation_id,
-            member_id=member_id,
-            group_instance_id=group_instance_id,
-            protocol_type=protocol_type,
-            protocol_name=protocol_name,
-            assignments=assignments,
+            request.group_id,
+            generation_id=request.generation_id,
+            member_id=request.member_id,
+            group_instance_id=request.group_instance_id,
+            protocol_type=request.protocol_type,
+            protocol_name=request.protocol_name,
+            assignments=list(request.assignments),
             now_ms=self._now_ms(),
         )
-        result = await self._settle(outcome, sync_error("COORDINATOR_NOT_AVAILABLE"))
+        result = await self._settle(outcome, SyncResult(_unavailable(), None, None, b""))
         assert isinstance(result, SyncResult)
         return result
 
-    async def heartbeat(
-        self, group_id: str, *, generation_id: int, member_id: str, group_instance_id: str | None
-    ) -> str | None:
-        """Heartbeat; "REBALANCE_IN_PROGRESS" tells the member to rejoin."""
+    async def heartbeat(self, request: HeartbeatRequest) -> GroupError | None:
+        """Heartbeat; RebalanceInProgress tells the member to rejoin."""
         error = self._core.heartbeat(
-            group_id,
-            generation_id=generation_id,
-            member_id=member_id,
-            group_instance_id=group_instance_id,
+            request.group_id,
+            generation_id=request.generation_id,
+            member_id=request.member_id,
+            group_instance_id=request.group_instance_id,
             now_ms=self._now_ms(),
         )
         self._after_call()
         return error
 
-    async def leave_group(
-        self, group_id: str, members: list[tuple[str, str | None]]
-    ) -> tuple[str | None, list[tuple[str, str | None, str | None]]]:
-        """LeaveGroup for (member_id, group_instance_id) pairs; returns per-member errors."""
-        result = self._core.leave(group_id, members, now_ms=self._now_ms())
+    async def leave_group(self, request: LeaveRequest) -> LeaveResult:
+        """LeaveGroup for (member_id, group_instance_id) pairs; per-member errors."""
+        result = self._core.leave(request.group_id, list(request.members), now_ms=self._now_ms())
         self._after_call()
         return result
 
-    async def list_groups(self, states: list[str] | None = None) -> list[tuple[str, str, str]]:
-        """(group_id, protocol_type, state) of every group, optionally filtered by state."""
+    async def list_groups(self, states: list[str] | None = None) -> list[GroupListing]:
+        """Every group, optionally filtered by state."""
         self._after_call()
         return self._core.list_groups(states)
 
@@ -166,7 +142,7 @@ class GroupService:
         self._after_call()
         return self._core.describe(group_ids)
 
-    async def delete_groups(self, group_ids: list[str]) -> list[tuple[str, str | None]]:
+    async def delete_groups(self, group_ids: list[str]) -> list[GroupDeletion]:
         """Delete Empty groups (the caller also deletes their committed offsets)."""
         result = self._core.delete(group_ids)
         self._after_call()
@@ -174,7 +150,7 @@ class GroupService:
 
     async def validate_offset_commit(
         self, group_id: str, *, generation_id: int, member_id: str
-    ) -> str | None:
+    ) -> GroupError | None:
         """Whether an OffsetCommit from this member/generation may be applied."""
         error = self._core.validate_offset_commit(
             group_id, generation_id=generation_id, member_id=member_id, now_ms=self._now_ms()
@@ -184,7 +160,7 @@ class GroupService:
 
     async def close(self) -> None:
         """Stop the background task and answer every parked request with
-        COORDINATOR_NOT_AVAILABLE (clients then find the coordinator again and rejoin)."""
+        CoordinatorNotAvailable (clients then find the coordinator again and rejoin)."""
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
@@ -253,3 +229,7 @@ class GroupService:
                 await wake.wait()
             finally:
                 timer.cancel()
+
+
+def _unavailable() -> CoordinatorNotAvailable:
+    return CoordinatorNotAvailable("the group coordinator is shutting down: find it again")

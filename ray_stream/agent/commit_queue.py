@@ -31,20 +31,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from ray_stream.clock import Clock
-from ray_stream.core.types import BatchResult, CommitRequest
+from ray_stream.core.backoff import Backoff
+from ray_stream.core.metadata_api import CommitAnswer, CommitRequest
+from ray_stream.core.types import BatchResult
 from ray_stream.errors import Fenced, InternalError, RayStreamError, Unavailable
 
 log = logging.getLogger(__name__)
 
 Outcome = list[BatchResult] | Exception
-# (requests) -> (one answer per request: results or the error of that request, epoch)
-SendMany = Callable[[list[CommitRequest]], Awaitable[tuple[list[Any], int]]]
+SendMany = Callable[[list[CommitRequest]], Awaitable[CommitAnswer]]  # the metadata ``commit``
 
 
 @dataclass(slots=True)
@@ -56,6 +58,7 @@ class Place:
     request: CommitRequest | None = None
     error: Exception | None = None
     give_up: float = 0.0
+    sent_s: float = 0.0  # monotonic time its request was first sent
 
 
 @dataclass(slots=True)
@@ -70,12 +73,14 @@ class CommitQueue:
     """Sends an agent's commits in flush order (see the module doc).
 
     Args:
-        send: calls the metadata actor's ``commit_many_with_epoch``.
+        send: the metadata service's ``commit`` (not retried by its caller: this queue
+            resends, with the shared backoff).
         clock: monotonic time for deadlines.
         wait_s: the longest a ready request waits for the PUT of a flush behind it;
             0 groups only requests that are ready together.
         retry_s: how long a group is resent while the metadata actor is away.
         max_group: the most requests in one call.
+        rand: backoff jitter (None: none).
     """
 
     def __init__(
@@ -86,8 +91,10 @@ class CommitQueue:
         wait_s: float,
         retry_s: float,
         max_group: int = 8,
+        rand: random.Random | None = None,
     ) -> None:
         self._send = send
+        self._rand = rand
         self._clock = clock
         self._wait_s = wait_s
         self._retry_s = retry_s
@@ -173,7 +180,10 @@ class CommitQueue:
         """Send, resending the unanswered requests while that may still help (rule 3)."""
         outcomes: list[Outcome | None] = [None] * len(group)
         deadline = min(min(p.give_up for p in group), self._clock.monotonic_s() + self._retry_s)
-        delay = 0.05
+        backoff = Backoff(rand=self._rand)
+        sent = self._clock.monotonic_s()
+        for place in group:
+            place.sent_s = sent
         while True:
             todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
             error = await self._send_once(group, todo, outcomes)
@@ -182,10 +192,10 @@ class CommitQueue:
                 return cast(list[Outcome], outcomes)
             self._count_failure("commit")
             retryable = isinstance(error, (Unavailable, Fenced))  # incl. StorageUnavailable
+            delay = backoff.next_delay()
             if retryable and self._clock.monotonic_s() + delay <= deadline:
                 log.warning("commit of %d segment(s) failed, resending: %s", len(todo), error)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
                 continue
             if retryable:
                 keys = ", ".join(group[i].request.segment_key for i in todo)  # type: ignore[union-attr]
@@ -198,23 +208,25 @@ class CommitQueue:
         """One call for the places ``todo`` of ``group``; fills the ``outcomes`` it
         settles. Returns the error to resend on or to answer with, if any."""
         try:
-            answers, epoch = await self._send([group[i].request for i in todo])  # type: ignore[misc]
+            answer = await self._send([group[i].request for i in todo])  # type: ignore[misc]
         except RayStreamError as exc:  # the caller tells a resend from a refusal
             return exc
-        except Exception as exc:  # an unexpected Ray error: the outcome is unknown
+        except Exception as exc:  # an unexpected error: the outcome is unknown
             return Unavailable(f"metadata commit failed: {exc!r}")
-        if epoch < self.epoch:
-            return Unavailable(f"answer from metadata epoch {epoch}, older than epoch {self.epoch}")
-        self.epoch = epoch
+        if answer.epoch < self.epoch:
+            return Unavailable(
+                f"answer from metadata epoch {answer.epoch}, older than epoch {self.epoch}"
+            )
+        self.epoch = answer.epoch
         retry: Exception | None = None
-        for index, answer in zip(todo, answers, strict=True):
-            if isinstance(answer, (Unavailable, Fenced)):
-                retry = answer
-            elif isinstance(answer, Exception):
+        for index, segment in zip(todo, answer.segments, strict=True):
+            if isinstance(segment.error, (Unavailable, Fenced)):
+                retry = segment.error
+            elif segment.error is not None:
                 self._count_failure("commit")
-                outcomes[index] = answer
+                outcomes[index] = segment.error
             else:
-                outcomes[index] = list(answer)
+                outcomes[index] = segment.results()
         return retry
 
     def _count_answer(self, size: int) -> None:

@@ -1,0 +1,204 @@
+"""RayMetadataClient: the ``MetadataClient`` protocol as calls to the metadata actor.
+
+This adapter is the only code that turns metadata requests into Ray calls, and it owns
+their retry and error unwrapping: a call that failed because the actor died, is
+restarting, was not registered yet, or answered from a fenced incarnation is sent again
+with the shared backoff (``core/backoff.py``) for up to ``retry_s``, so a metadata
+restart looks like a slow call, not an error. Errors the service raised on purpose
+arrive as themselves (``ray_calls.unwrap``) and are never retried here.
+
+``commit`` is never retried by this adapter: the agent's ``CommitQueue`` resends it with
+its own deadline (a segment must not be committed after half the orphan grace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from ray.exceptions import RayActorError, RayTaskError
+
+from ray_stream.actors import ray_calls
+from ray_stream.clock import Clock, SystemClock
+from ray_stream.config import METADATA_ACTOR_NAME, Settings
+from ray_stream.core.backoff import Backoff
+from ray_stream.core.group import (
+    GroupDeletion,
+    GroupDescription,
+    GroupListing,
+    JoinResult,
+    LeaveResult,
+    SyncResult,
+)
+from ray_stream.core.metadata_api import (
+    CommitAnswer,
+    CommitRequest,
+    HeartbeatRequest,
+    JoinRequest,
+    LeaveRequest,
+    LocateAnswer,
+    LocateRequest,
+    OffsetAnswer,
+    OffsetCommitRequest,
+    ProducerIdentity,
+    SyncRequest,
+)
+from ray_stream.core.types import BrokerInfo, CommittedOffset, TopicInfo, TopicPartition
+from ray_stream.errors import Fenced, Unavailable
+
+__all__ = ["RayMetadataClient"]
+
+
+class RayMetadataClient:
+    """``MetadataClient`` over the named metadata actor of one namespace.
+
+    Args:
+        namespace: the Ray namespace of the cluster; the actor is looked up on first
+            use, and again after it died (it may have been re-created).
+        retry_s: how long a call is resent while the actor is away (0: never).
+        handle: an actor handle to use instead of looking it up.
+        clock / rand: deadline time and backoff jitter.
+    """
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        retry_s: float,
+        handle: Any = None,
+        clock: Clock | None = None,
+        rand: random.Random | None = None,
+    ) -> None:
+        self._namespace = namespace
+        self._retry_s = retry_s
+        self._handle = handle
+        self._clock: Clock = clock or SystemClock()
+        self._rand = rand or random.Random()
+        self.calls: dict[str, int] = {}
+
+    # -------------------------------------------------------------- sequencing
+    async def commit(self, requests: list[CommitRequest]) -> CommitAnswer:
+        answer: CommitAnswer = await self._call("commit", requests, retry_s=0.0)
+        return answer
+
+    async def locate(self, request: LocateRequest) -> LocateAnswer:
+        answer: LocateAnswer = await self._call("locate", request)
+        return answer
+
+    async def list_offsets(self, queries: list[tuple[str, int, int]]) -> list[OffsetAnswer]:
+        answers: list[OffsetAnswer] = await self._call("list_offsets", queries)
+        return answers
+
+    async def init_producer_id(self, transactional_id: str | None = None) -> ProducerIdentity:
+        identity: ProducerIdentity = await self._call("init_producer_id", transactional_id)
+        return identity
+
+    # ------------------------------------------------------------------ topics
+    async def create_topic(
+        self, name: str, partitions: int, config: dict[str, str] | None = None
+    ) -> TopicInfo:
+        info: TopicInfo = await self._call("create_topic", name, partitions, config)
+        return info
+
+    async def delete_topic(self, name: str) -> None:
+        await self._call("delete_topic", name)
+
+    async def create_partitions(self, name: str, total: int) -> TopicInfo:
+        info: TopicInfo = await self._call("create_partitions", name, total)
+        return info
+
+    async def list_topics(self) -> list[TopicInfo]:
+        topics: list[TopicInfo] = await self._call("list_topics")
+        return topics
+
+    async def describe_topic(self, name: str) -> TopicInfo:
+        info: TopicInfo = await self._call("describe_topic", name)
+        return info
+
+    # ------------------------------------------------------------------ groups
+    async def join_group(self, request: JoinRequest) -> JoinResult:
+        result: JoinResult = await self._call("join_group", request)
+        return result
+
+    async def sync_group(self, request: SyncRequest) -> SyncResult:
+        result: SyncResult = await self._call("sync_group", request)
+        return result
+
+    async def heartbeat(self, request: HeartbeatRequest) -> None:
+        await self._call("heartbeat", request)
+
+    async def leave_group(self, request: LeaveRequest) -> LeaveResult:
+        result: LeaveResult = await self._call("leave_group", request)
+        return result
+
+    async def list_groups(self, states: list[str] | None = None) -> list[GroupListing]:
+        listed: list[GroupListing] = await self._call("list_groups", states)
+        return listed
+
+    async def describe_groups(self, group_ids: list[str]) -> list[GroupDescription]:
+        described: list[GroupDescription] = await self._call("describe_groups", group_ids)
+        return described
+
+    async def delete_groups(self, group_ids: list[str]) -> list[GroupDeletion]:
+        deleted: list[GroupDeletion] = await self._call("delete_groups", group_ids)
+        return deleted
+
+    async def commit_offsets(self, request: OffsetCommitRequest) -> None:
+        await self._call("commit_offsets", request)
+
+    async def fetch_offsets(
+        self, group_id: str, partitions: list[TopicPartition] | None = None
+    ) -> dict[TopicPartition, CommittedOffset]:
+        found: dict[TopicPartition, CommittedOffset] = await self._call(
+            "fetch_offsets", group_id, partitions
+        )
+        return found
+
+    # ---------------------------------------------------------------- registry
+    async def settings(self) -> Settings:
+        settings: Settings = await self._call("settings")
+        return settings
+
+    async def register_agent(self, index: int, address: BrokerInfo) -> None:
+        await self._call("register_agent", index, address, retry_s=0.0)
+
+    async def agent_address(self, index: int) -> BrokerInfo | None:
+        address: BrokerInfo | None = await self._call("agent_address", index, retry_s=0.0)
+        return address
+
+    # --------------------------------------------------------------- internals
+    async def _call(self, method: str, *args: Any, retry_s: float | None = None) -> Any:
+        """One method call, resent while the actor is away (see the module doc)."""
+        self.calls[method] = self.calls.get(method, 0) + 1
+        limit = self._retry_s if retry_s is None else retry_s
+        deadline = self._clock.monotonic_s() + limit
+        backoff = Backoff(rand=self._rand)
+        while True:
+            try:
+                return await self._call_once(method, args)
+            except Unavailable as exc:
+                delay = backoff.next_delay()
+                if self._clock.monotonic_s() + delay > deadline:
+                    if limit <= 0:
+                        raise
+                    raise Unavailable(
+                        f"metadata call {method}() failed for {limit:.0f}s: {exc}"
+                    ) from None
+            await asyncio.sleep(delay)
+
+    async def _call_once(self, method: str, args: tuple[Any, ...]) -> Any:
+        """One attempt; raises plain ``Unavailable`` only for failures worth resending."""
+        handle = self._handle
+        if handle is None:  # Unavailable while the actor is not registered (yet)
+            handle = self._handle = ray_calls.lookup(METADATA_ACTOR_NAME, self._namespace)
+        try:
+            return await getattr(handle, method).remote(*args)
+        except RayActorError as exc:  # died, restarting, unreachable
+            self._handle = None  # look it up again: it may have been re-created
+            raise Unavailable(f"metadata actor unavailable: {exc}") from None
+        except RayTaskError as exc:
+            cause = ray_calls.unwrap(exc)
+            if isinstance(cause, Fenced):
+                raise Unavailable(f"reached a fenced metadata incarnation: {cause}") from None
+            raise cause from None

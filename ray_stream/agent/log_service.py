@@ -1,0 +1,317 @@
+"""LogService: one agent's core, with no Ray in it.
+
+It owns the agent's write path (``SegmentWriter``: buffer, one segment PUT per flush,
+commits in flush order through a ``CommitQueue``), the call order of pipelining
+producers (``CallOrder``), and the read path (``LocationCache`` + ``ChunkCache``). It is
+built from settings, an object store, a ``MetadataClient`` and a clock, so the same code
+runs in-process in unit tests and inside ``AgentActor`` (actors/agent.py), the thin shell
+that binds it to Ray and to the Kafka listener. It is the ``KafkaBackend`` the Kafka
+handlers call.
+
+Rules this module keeps:
+
+1. **At most two metadata calls per fetch, none when the agent already knows.** A fetch
+   first asks the ``LocationCache`` (what this agent committed or located recently);
+   every partition it cannot answer goes to the metadata service in one ``locate``,
+   which also long-polls there when nothing at all is available. Only an answer whose
+   catalog version shows that a topic was deleted costs a second ``locate`` (the cached
+   part is asked again).
+2. **Reads never block on the cache's mistakes**: a batch the cache located that cannot
+   be read (its file is gone) makes the cache forget that partition; the fetch fails
+   for that partition with a retriable error and the next one asks the metadata service.
+3. The global ``max_bytes`` of a fetch is a soft bound: the first batch always comes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ray_stream.agent.call_order import CallOrder
+from ray_stream.agent.chunk_cache import ChunkCache
+from ray_stream.agent.locations import Hit, LocationCache
+from ray_stream.agent.segment_writer import SegmentWriter
+from ray_stream.clock import Clock
+from ray_stream.config import Settings
+from ray_stream.core.metadata_api import (
+    CommitAnswer,
+    CommitRequest,
+    LocateAnswer,
+    LocateRequest,
+    MetadataClient,
+)
+from ray_stream.core.types import BatchRef, BatchResult, BrokerInfo, FetchResult
+from ray_stream.errors import RayStreamError, StorageUnavailable
+from ray_stream.storage.base import ObjectStore
+
+__all__ = ["BrokerSource", "LogService"]
+
+BrokerSource = Callable[[], Awaitable[list[BrokerInfo]]]
+FetchRequest = tuple[str, int, int, int]  # (topic, partition, offset, partition_max_bytes)
+DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One requested partition while a fetch is planned."""
+
+    topic: str
+    partition: int
+    offset: int
+    max_bytes: int
+    refs: Sequence[BatchRef] = ()
+    high_watermark: int = -1
+    log_start_offset: int = -1
+    error: RayStreamError | None = None
+    cached: bool = False
+
+
+class LogService:
+    """One agent's log (see the module doc).
+
+    Args:
+        settings: cluster settings.
+        node_id: the agent's number (its Kafka broker id).
+        store: the object store segments are written to and read from.
+        metadata: the metadata service, or the Ray adapter in front of it.
+        clock / rand: injected time and randomness.
+        brokers: the live agents' Kafka listeners (the actor shell knows its peers);
+            None: only this agent's own ``address``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        node_id: int,
+        store: ObjectStore,
+        metadata: MetadataClient,
+        clock: Clock,
+        rand: random.Random | None = None,
+        brokers: BrokerSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self.meta = metadata
+        self.store = store
+        self.address: BrokerInfo | None = None
+        self._clock = clock
+        self._brokers = brokers
+        self._cache = ChunkCache(store.get_range, capacity_bytes=settings.cache_bytes)
+        self._locations = LocationCache(clock)
+        self._writer = SegmentWriter(
+            settings,
+            name=f"agent-{node_id}",
+            put=store.put,
+            send_commits=self._commit,
+            on_written=self._cache.put_object,
+            on_committed=self._learn_commit,
+            clock=clock,
+            rand=rand if rand is not None else random.Random(),
+        )
+        self._order = CallOrder(clock)
+        self._fetches = 0
+        self._locates = 0
+
+    # ------------------------------------------------------------------ brokers
+    async def brokers(self) -> list[BrokerInfo]:
+        """The agents clients may talk to; includes this one once it listens."""
+        if self._brokers is not None:
+            return await self._brokers()
+        return [self.address] if self.address is not None else []
+
+    # --------------------------------------------------------------- write path
+    async def produce(
+        self,
+        entries: Sequence[tuple[str, int, bytes]],
+        acks: int = -1,
+        *,
+        session: str | None = None,
+        seq: int = 0,
+    ) -> list[BatchResult]:
+        """Buffer batches until the next flush; answer with their base offsets.
+
+        Entries are taken in (buffered) before this coroutine first suspends, so one
+        Kafka connection's requests are sequenced in the order they were sent.
+
+        Args:
+            entries: ``(topic, partition, RecordBatch v2 bytes)``, one batch each.
+            acks: 0 answers at once with an empty list (fire and forget); 1 and -1 wait
+                for the durable metadata commit.
+            session / seq: a caller that pipelines calls across Ray numbers them 0, 1,
+                2, ... under one session id; each call waits until its predecessor is
+                buffered (``CallOrder``), since Ray does not keep submission order.
+
+        Returns:
+            One BatchResult per entry, in order. Entries that fail validation carry
+            RecordTooLarge or CorruptData without holding up other partitions.
+        """
+        if session is None:
+            return await self._writer.write(entries, acks)
+        late = await self._order.wait_turn(session, seq)
+        if late is not None:
+            return [BatchResult(base_offset=-1, error=late) for _ in entries]
+        try:
+            waiter = self._writer.write(entries, acks)
+        finally:
+            self._order.next_turn(session, seq)
+        return await waiter
+
+    async def drain(self) -> None:
+        """Flush what is buffered and wait for every flush in flight."""
+        await self._writer.drain()
+
+    async def _commit(self, requests: list[CommitRequest]) -> CommitAnswer:
+        answer = await self.meta.commit(requests)
+        self._locations.observe_version(answer.catalog_version)
+        return answer
+
+    def _learn_commit(self, request: CommitRequest, results: Sequence[BatchResult]) -> None:
+        """Remember where the batches just committed live (``LocationCache``)."""
+        cols = request.batches
+        learned: dict[tuple[str, int], tuple[list[BatchRef], int]] = {}
+        for i, result in enumerate(results):
+            if result.error is not None or result.duplicate:
+                continue  # a duplicate lives in an earlier segment, not this one
+            key = (cols.topics[cols.topic_index[i]], cols.partition[i])
+            refs, _ = learned.get(key, ([], 0))
+            ref = BatchRef(
+                request.segment_key,
+                cols.position[i],
+                cols.length[i],
+                result.base_offset,
+                cols.record_count[i],
+                cols.max_timestamp[i],
+            )
+            refs.append(ref)
+            learned[key] = (refs, result.log_start_offset)
+        for (topic, partition), (refs, log_start) in learned.items():
+            self._locations.learn(
+                topic, partition, refs, high_watermark=0, log_start_offset=log_start
+            )
+
+    # ---------------------------------------------------------------- read path
+    async def fetch(
+        self,
+        requests: Sequence[FetchRequest],
+        *,
+        max_wait_ms: int = 0,
+        min_bytes: int = 1,
+        max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
+    ) -> list[FetchResult]:
+        """Read batches from the given offsets, waiting up to ``max_wait_ms`` for data.
+
+        Args:
+            requests: ``(topic, partition, offset, partition_max_bytes)``.
+            max_wait_ms: long-poll bound when fewer than ``min_bytes`` are available;
+                the metadata service answers as soon as commits bring enough.
+            min_bytes: answer as soon as this many bytes are available.
+            max_bytes: soft bound on the whole answer (the first batch always comes).
+
+        Returns:
+            One FetchResult per request, in order.
+        """
+        self._fetches += 1
+        slots = [_Slot(t, p, o, pmax) for t, p, o, pmax in requests]
+        for slot in slots:
+            self._use(slot, self._locations.lookup(*_position(slot)))
+        misses = [slot for slot in slots if not slot.refs]
+        if misses:
+            cached = sum(ref.length for slot in slots for ref in slot.refs)
+            wait_ms = max_wait_ms if cached < min_bytes else 0
+            emptied = await self._locate(misses, wait_ms=wait_ms, min_bytes=min_bytes - cached)
+            stale = [slot for slot in slots if slot.cached] if emptied else []
+            if stale:  # a topic was deleted since the cache learned these (rule 1)
+                await self._locate(stale, wait_ms=0, min_bytes=1)
+        return await self._read(slots, max_bytes)
+
+    def _use(self, slot: _Slot, hit: Hit | None) -> None:
+        if hit is not None:
+            slot.refs, slot.cached = hit.refs, True
+            slot.high_watermark, slot.log_start_offset = hit.high_watermark, hit.log_start_offset
+
+    async def _locate(self, slots: list[_Slot], *, wait_ms: int, min_bytes: int) -> bool:
+        """Fill ``slots`` from one ``locate`` call; True when the cache was emptied."""
+        request = LocateRequest(
+            tuple(_position(s) for s in slots),
+            wait_ms=wait_ms,
+            min_bytes=max(min_bytes, 0),
+        )
+        self._locates += 1
+        answer = await self.meta.locate(request)
+        emptied = self._locations.observe_version(answer.catalog_version)
+        self._absorb(slots, answer)
+        return emptied
+
+    def _absorb(self, slots: list[_Slot], answer: LocateAnswer) -> None:
+        for i, slot in enumerate(slots):
+            slot.cached = False
+            error = answer.errors.get(i)
+            if error is not None:
+                slot.error, slot.refs = error, ()
+                continue
+            slot.refs = answer.batches(i)
+            slot.high_watermark = answer.high_watermark[i]
+            slot.log_start_offset = answer.log_start_offset[i]
+            self._locations.learn(
+                slot.topic,
+                slot.partition,
+                slot.refs,
+                high_watermark=slot.high_watermark,
+                log_start_offset=slot.log_start_offset,
+            )
+
+    async def _read(self, slots: list[_Slot], max_bytes: int) -> list[FetchResult]:
+        results: list[FetchResult] = []
+        budget = max_bytes
+        for slot in slots:
+            if slot.error is not None:
+                results.append(FetchResult(slot.topic, slot.partition, slot.error, -1, -1))
+                continue
+            chosen: list[BatchRef] = []
+            for ref in slot.refs if budget > 0 else ():
+                if chosen and ref.length > budget:
+                    break
+                chosen.append(ref)
+                budget -= ref.length
+            try:
+                data = await self._cache.read_batches(chosen)
+            except StorageUnavailable as exc:  # rule 2
+                self._locations.forget(slot.topic, slot.partition)
+                results.append(FetchResult(slot.topic, slot.partition, exc, -1, -1))
+                continue
+            results.append(
+                FetchResult(
+                    slot.topic,
+                    slot.partition,
+                    None,
+                    slot.high_watermark,
+                    slot.log_start_offset,
+                    data,
+                )
+            )
+        return results
+
+    # -------------------------------------------------------------------- stats
+    def stats(self) -> dict[str, Any]:
+        """Counters of the write and read paths."""
+        cache, locations = self._cache, self._locations
+        return {
+            **self._writer.report(),
+            "gets": cache.gets,
+            "get_bytes": cache.get_bytes,
+            "fetches": self._fetches,
+            "locates": self._locates,
+            "cache_hits": cache.hits,
+            "cache_misses": cache.misses,
+            "cache_bytes": cache.size_bytes,
+            "location_hits": locations.hits,
+            "location_misses": locations.misses,
+            "locations": len(locations),
+        }
+
+
+def _position(slot: _Slot) -> tuple[str, int, int, int]:
+    return slot.topic, slot.partition, slot.offset, slot.max_bytes

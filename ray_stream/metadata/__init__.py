@@ -1,0 +1,1 @@
+"""The metadata service without Ray: sequencing, topics, groups, durability."""

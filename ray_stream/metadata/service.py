@@ -1,0 +1,443 @@
+"""MetadataService: the only writer of metadata, with no Ray in it.
+
+It answers the ``MetadataClient`` protocol (``core/metadata_api.py``): sequencing
+(commits, locating batches, list offsets, producer ids), topics, consumer groups and the
+agent registry. ``actors/handles.py`` runs it as the named ``metadata`` actor (its Ray
+shell is ``ray.remote`` applied to this class); unit tests use it in-process. All
+methods run on one event loop, so sequencer state is only touched from that loop.
+
+Rules this module keeps (docs/design/0002-metadata-durability.md):
+
+1. **The object store is the source of truth.** ``__init__`` rebuilds the state from its
+   snapshots and journal (``ObjectJournal.recover``) and fences older incarnations with a
+   higher epoch; the local SQLite file is this incarnation's cache.
+2. **One write path.** Every change goes through ``MetadataWriter`` (metadata/writer.py):
+   planned on the sequencer, written to the SQLite cache, journaled (one create-only
+   PUT), and only then applied; commits are group-committed in rounds, and a fenced
+   incarnation never journals again.
+3. **Durable before visible.** Readers never see a change that is not in the journal.
+4. **Group commit.** ``commit`` and ``commit_offsets`` share one queue: one round is one
+   plan, one SQLite transaction and one journal PUT.
+5. **Long polls are woken by commits**, never by polling.
+6. **Orphans are swept by age.** A segment no batch references is deleted once its ULID
+   time is older than ``orphan_grace_s``; the writer refuses commits of segments older
+   than half of that, so a sweep can never delete an object a commit is about to
+   reference.
+7. **Catalog versions.** Every commit and locate answer carries ``catalog_version``,
+   which changes whenever a topic is deleted and with every new incarnation; agents
+   drop the batch locations they cached when it changes (a recreated topic reuses
+   offsets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from ray_stream.clock import Clock, SystemClock
+from ray_stream.config import Settings
+from ray_stream.core.group import (
+    GroupDeletion,
+    GroupDescription,
+    GroupListing,
+    JoinResult,
+    LeaveResult,
+    SyncResult,
+)
+from ray_stream.core.keys import SEGMENT_PREFIX, segment_time_ms
+from ray_stream.core.metadata_api import (
+    CommitAnswer,
+    CommitRequest,
+    HeartbeatRequest,
+    JoinRequest,
+    LeaveRequest,
+    LocateAnswer,
+    LocateRequest,
+    OffsetAnswer,
+    OffsetCommitRequest,
+    ProducerIdentity,
+    SyncRequest,
+)
+from ray_stream.core.sequencer import Changes
+from ray_stream.core.types import BrokerInfo, CommittedOffset, TopicInfo, TopicPartition
+from ray_stream.errors import GroupIdNotFound, RayStreamError
+from ray_stream.metadata.group_service import GroupService
+from ray_stream.metadata.object_journal import ObjectJournal
+from ray_stream.metadata.writer import MetadataWriter
+from ray_stream.storage.base import ObjectStore
+from ray_stream.storage.url import open_store
+
+__all__ = ["MetadataService"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class MetadataService:
+    """Topics, offsets, idempotent producers and consumer groups (see the module doc).
+
+    Args:
+        settings: cluster settings (object store URL, data_dir, intervals).
+        store: the object store (default: opened from ``settings``); tests inject one.
+        clock: wall time for the orphan sweep, monotonic time for long polls and groups
+            (default ``SystemClock``).
+
+    Raises:
+        StorageUnavailable: the object store stayed unreachable for
+            ``metadata_start_timeout_s``.
+        CorruptData: the journal has a gap or an unreadable entry.
+    """
+
+    def __init__(
+        self, settings: Settings, *, store: ObjectStore | None = None, clock: Clock | None = None
+    ) -> None:
+        self._settings = settings
+        self._clock = clock or SystemClock()
+        self.store = store if store is not None else open_store(settings.resolved_object_store)
+        self._journal = ObjectJournal(self.store, put_timeout_s=settings.journal_put_timeout_s)
+        started = time.perf_counter()
+        recovered = self._journal.recover(settings, timeout_s=settings.metadata_start_timeout_s)
+        self._seq = recovered.seq
+        self._closed = False
+        self._waiters: dict[tuple[str, int], asyncio.Event] = {}
+        self._catalog_version = recovered.epoch << 32  # + 1 per topic deletion (rule 7)
+        self._groups = GroupService(self._clock)
+        self._agents: dict[int, BrokerInfo] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writer = MetadataWriter(
+            settings,
+            seq=self._seq,
+            cache=recovered.cache,
+            journal=self._journal,
+            clock=self._clock,
+            on_apply=self._wake,
+            spawn=self._spawn,
+        )
+        self._stats: dict[str, Any] = {
+            "orphans_deleted": 0,
+            "recovery_s": time.perf_counter() - started,
+            "recovered_snapshot": recovered.snapshot_index,
+            "recovered_entries": recovered.replayed,
+        }
+        log.info(
+            "metadata epoch %d: snapshot %d + %d journal entries in %.2fs",
+            recovered.epoch,
+            recovered.snapshot_index,
+            recovered.replayed,
+            self._stats["recovery_s"],
+        )
+        try:
+            loop = asyncio.get_running_loop()  # Ray runs an async actor's __init__ in its loop
+        except RuntimeError:
+            loop = None
+        self._sweeper: asyncio.Task[None] | None = None
+        if loop is not None and settings.orphan_sweep_interval_s > 0:
+            self._sweeper = loop.create_task(self._sweep_loop())
+
+    # ----------------------------------------------------------------- topics
+    async def create_topic(
+        self, name: str, partitions: int, config: dict[str, str] | None = None
+    ) -> TopicInfo:
+        """Create a topic with a fresh topic id; all partitions start empty at offset 0.
+
+        Raises:
+            InvalidTopic, InvalidPartitions, InvalidConfig, TopicAlreadyExists,
+            StorageUnavailable, Fenced.
+        """
+        topic_id = uuid.uuid4().hex
+
+        def plan() -> tuple[None, Changes]:
+            return None, self._seq.plan_create_topic(name, partitions, config, topic_id=topic_id)
+
+        return await self._writer.write(plan, then=lambda _: self._seq.describe_topic(name))
+
+    async def delete_topic(self, name: str) -> None:
+        """Forget a topic, its batches, producer states and committed offsets.
+
+        Raises:
+            UnknownTopicOrPartition, StorageUnavailable, Fenced.
+        """
+        await self._writer.write(lambda: (None, self._seq.plan_delete_topic(name)), then=_same)
+
+    async def create_partitions(self, name: str, total: int) -> TopicInfo:
+        """Grow a topic to ``total`` partitions.
+
+        Raises:
+            UnknownTopicOrPartition, InvalidPartitions, StorageUnavailable, Fenced.
+        """
+        return await self._writer.write(
+            lambda: (None, self._seq.plan_create_partitions(name, total)),
+            then=lambda _: self._seq.describe_topic(name),
+        )
+
+    async def list_topics(self) -> list[TopicInfo]:
+        """Every topic, sorted by name, with ``partition_info``."""
+        return self._seq.list_topics()
+
+    async def describe_topic(self, name: str) -> TopicInfo:
+        """Raises UnknownTopicOrPartition."""
+        return self._seq.describe_topic(name)
+
+    # ------------------------------------------------------------- sequencing
+    async def commit(self, requests: list[CommitRequest]) -> CommitAnswer:
+        """Assign offsets to the batches of several segments in one commit round (one
+        journal PUT), in the given order; answers once the round is durable.
+
+        A resent request (same segment key) whose batches were already committed gets
+        their original offsets with ``duplicate=True``: a segment key names one
+        immutable object, so an agent may resend after any ambiguous failure.
+
+        Returns:
+            Per request, its results or the error that refused it (StorageUnavailable:
+            the journal write failed or is in doubt; Fenced; Unavailable: the segment
+            is too old to commit), with this incarnation's epoch.
+        """
+        segments = await self._writer.commit_many(requests)
+        return CommitAnswer(self._journal.epoch, self._catalog_version, tuple(segments))
+
+    async def locate(self, request: LocateRequest) -> LocateAnswer:
+        """Where the batches from each position's offset on live (see ``LocateRequest``).
+
+        With ``wait_ms`` > 0, waits (woken by commits) until the located batches add up
+        to ``min_bytes``, a position is in error, or the time is up.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(request.wait_ms, 0) / 1000
+        while True:
+            answer = self._seq.locate_many(request.positions, catalog_version=self._catalog_version)
+            remaining = deadline - loop.time()
+            found = sum(answer.refs.length)
+            if answer.errors or found >= request.min_bytes or remaining <= 0:
+                return answer
+            await self._wait_for_commit(request.positions, remaining)
+
+    async def list_offsets(self, queries: list[tuple[str, int, int]]) -> list[OffsetAnswer]:
+        """ListOffsets for ``(topic, partition, timestamp)``; per-query errors."""
+        return self._seq.list_offsets(queries)
+
+    async def init_producer_id(self, transactional_id: str | None = None) -> ProducerIdentity:
+        """A producer id and epoch; a known transactional id gets the next epoch.
+
+        Raises:
+            InvalidRequest, StorageUnavailable, Fenced.
+        """
+        pid, epoch = await self._writer.write(
+            lambda: self._seq.plan_init_producer_id(transactional_id), then=_same
+        )
+        return ProducerIdentity(pid, epoch)
+
+    async def _wait_for_commit(
+        self, positions: Iterable[tuple[str, int, int, int]], timeout_s: float
+    ) -> None:
+        """Until a commit touches one of the partitions of ``positions`` (or timeout)."""
+        events = {self._waiters.setdefault((t, p), asyncio.Event()) for t, p, _, _ in positions}
+        waits = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    def _wake(self, changes: Changes) -> None:
+        if changes.deleted_topics:
+            self._catalog_version += len(changes.deleted_topics)
+        if not self._waiters:
+            return
+        for row in changes.partitions:
+            event = self._waiters.pop((row.topic, row.partition), None)
+            if event is not None:
+                event.set()
+        for name in changes.deleted_topics:
+            for key in [k for k in self._waiters if k[0] == name]:
+                self._waiters.pop(key).set()
+
+    # ----------------------------------------------------------------- groups
+    # Membership lives in memory (clients rejoin after a metadata restart); committed
+    # offsets are durable in the sequencer.
+    async def join_group(self, request: JoinRequest) -> JoinResult:
+        """JoinGroup; blocks until the rebalance completes, like Kafka's coordinator."""
+        return await self._groups.join_group(request)
+
+    async def sync_group(self, request: SyncRequest) -> SyncResult:
+        """SyncGroup; followers block until the leader sends the assignment."""
+        return await self._groups.sync_group(request)
+
+    async def heartbeat(self, request: HeartbeatRequest) -> None:
+        """Raises a GroupError: RebalanceInProgress (rejoin), UnknownMemberId, ..."""
+        error = await self._groups.heartbeat(request)
+        if error is not None:
+            raise error
+
+    async def leave_group(self, request: LeaveRequest) -> LeaveResult:
+        return await self._groups.leave_group(request)
+
+    async def list_groups(self, states: list[str] | None = None) -> list[GroupListing]:
+        """Groups with members, plus groups known only by committed offsets (state Empty)."""
+        listed = await self._groups.list_groups(states)
+        known = {g.group_id for g in listed}
+        if states is None or "Empty" in states:
+            listed += [
+                GroupListing(g, "consumer", "Empty")
+                for g in self._seq.group_ids()
+                if g not in known
+            ]
+        return listed
+
+    async def describe_groups(self, group_ids: list[str]) -> list[GroupDescription]:
+        return await self._groups.describe_groups(group_ids)
+
+    async def delete_groups(self, group_ids: list[str]) -> list[GroupDeletion]:
+        """Delete empty groups and their committed offsets (a group known only by its
+        offsets, e.g. after a restart, is deleted too).
+
+        Raises:
+            StorageUnavailable, Fenced: deleting the offsets failed.
+        """
+        answers = await self._groups.delete_groups(group_ids)
+        with_offsets = set(self._seq.group_ids())
+        out: list[GroupDeletion] = []
+        for answer in answers:
+            error = answer.error
+            if isinstance(error, GroupIdNotFound) and answer.group_id in with_offsets:
+                error = None
+            if error is None:
+                group = answer.group_id
+                await self._writer.write(
+                    lambda g=group: (None, self._seq.plan_delete_group_offsets(g)), then=_same
+                )
+            out.append(GroupDeletion(answer.group_id, error))
+        return out
+
+    async def commit_offsets(self, request: OffsetCommitRequest) -> None:
+        """Check the committer's membership, then store the offsets (all or none) in the
+        next commit round.
+
+        Raises:
+            GroupError (IllegalGeneration, UnknownMemberId, RebalanceInProgress),
+            InvalidRequest, UnknownTopicOrPartition, StorageUnavailable, Fenced.
+        """
+        error = await self._groups.validate_offset_commit(
+            request.group_id, generation_id=request.generation_id, member_id=request.member_id
+        )
+        if error is not None:
+            raise error
+        if request.offsets:
+            offsets = {(tp.topic, tp.partition): o for tp, o in request.offsets.items()}
+            await self._writer.commit_offsets(request.group_id, offsets)
+
+    async def fetch_offsets(
+        self, group_id: str, partitions: list[TopicPartition] | None = None
+    ) -> dict[TopicPartition, CommittedOffset]:
+        """Committed offsets of ``group_id``: all, or those of ``partitions`` that have one."""
+        keys = None if partitions is None else [(tp.topic, tp.partition) for tp in partitions]
+        found = self._seq.fetch_offsets(group_id, keys)
+        return {TopicPartition(t, p): offset for (t, p), offset in found.items()}
+
+    # --------------------------------------------------------------- registry
+    async def settings(self) -> Settings:
+        """The settings this cluster was started with (for clients that attach)."""
+        return self._settings
+
+    async def register_agent(self, index: int, address: BrokerInfo) -> None:
+        """Remember where agent ``index`` listens, so a restarted agent can reuse it."""
+        self._agents[index] = address
+
+    async def agent_address(self, index: int) -> BrokerInfo | None:
+        """The listener agent ``index`` last registered (this incarnation), if any."""
+        return self._agents.get(index)
+
+    # ------------------------------------------------------------------ admin
+    async def ping(self) -> dict[str, Any]:
+        """Liveness plus state counts (topics, partitions, batches, segments, ...)."""
+        return {
+            "ok": True,
+            **self._seq.counts(),
+            "pending_commits": self._writer.pending,
+            "epoch": self._journal.epoch,
+        }
+
+    async def stats(self) -> dict[str, Any]:
+        """Group-commit, journal, snapshot and recovery counters."""
+        journal = self._journal
+        return {
+            **self._writer.stats,
+            **self._stats,
+            "epoch": journal.epoch,
+            "journal_index": journal.next_index - 1,
+            "journal_puts": journal.puts,
+            "journal_put_s": journal.put_s,
+            "journal_put_bytes": journal.put_bytes,
+            "in_doubt": journal.in_doubt is not None,
+            "fenced": journal.fenced,
+        }
+
+    async def snapshot(self) -> int:
+        """Write a snapshot of the current state now; returns the journal index it holds.
+
+        Raises:
+            Unavailable: a snapshot is already being written.
+            StorageUnavailable, Fenced.
+        """
+        return await self._writer.snapshot()
+
+    async def sweep_orphans(self) -> dict[str, int]:
+        """Delete segment objects no batch references, older than ``orphan_grace_s``.
+
+        Returns:
+            ``{"listed": n, "deleted": m}``.
+
+        Raises:
+            StorageUnavailable: listing failed (deletes that fail are left for next time).
+        """
+        keys = await asyncio.to_thread(self.store.list, SEGMENT_PREFIX)
+        cutoff_ms = self._clock.now_ms() - int(self._settings.orphan_grace_s * 1000)
+        live, held = await self._writer.held_segments()
+        doomed = [
+            k
+            for k in keys
+            if k not in live
+            and k not in held
+            and (made := segment_time_ms(k)) is not None
+            and made < cutoff_ms
+        ]
+        deleted = 0
+        for key in doomed:
+            try:
+                await asyncio.to_thread(self.store.delete, key)
+                deleted += 1
+            except RayStreamError as exc:
+                log.warning("orphan %s not deleted: %s", key, exc)
+        self._stats["orphans_deleted"] += deleted
+        return {"listed": len(keys), "deleted": deleted}
+
+    async def close(self) -> None:
+        """Let the write in flight finish, then close SQLite (before the actor is killed).
+
+        Later writes raise StorageUnavailable; reads keep answering from memory.
+        """
+        self._closed = True
+        await self._writer.close()  # refuses writes from here on
+        await self._groups.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    async def _sweep_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self._settings.orphan_sweep_interval_s)
+            try:
+                await self.sweep_orphans()
+            except Exception as exc:  # loop boundary: log and try again next interval
+                log.warning("orphan sweep failed: %s", exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _same(value: T) -> T:
+    return value
