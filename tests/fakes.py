@@ -46,7 +46,9 @@ def make_meta(
     settings: Settings, *, store: Any = None, clock: Clock | None = None
 ) -> MetadataService:
     """The real metadata service (SQLite cache under ``settings.data_dir``), no Ray."""
-    return MetadataService(settings, store=store if store is not None else MemoryStore(), clock=clock)
+    return MetadataService(
+        settings, store=store if store is not None else MemoryStore(), clock=clock
+    )
 
 
 class CountingMetadata:
@@ -69,6 +71,11 @@ class CountingMetadata:
 
     def total(self) -> int:
         return sum(self.calls.values())
+
+    def per_request(self) -> dict[str, int]:
+        """The calls made on behalf of requests: without the agent's one background
+        ``watch_catalog`` long poll (one per agent every 30 s, not per fetch)."""
+        return {k: v for k, v in self.calls.items() if k != "watch_catalog"}
 
     def reset(self) -> None:
         self.calls.clear()
@@ -129,7 +136,8 @@ class KafkaTestCluster:
     """Real agents with Kafka listeners on 127.0.0.1, run by a background loop.
 
     Use as a context manager; ``bootstrap`` is the clients' ``bootstrap.servers``.
-    ``meta`` is the shared metadata service (call it through ``run``).
+    ``meta`` is the shared metadata service (call it through ``run``);
+    ``produce_calls`` / ``fetch_calls`` hold one list per agent (``record_calls``).
     """
 
     def __init__(self, settings: Settings, *, agents: int = 1) -> None:
@@ -141,7 +149,8 @@ class KafkaTestCluster:
         )
         self.store = MemoryStore()
         self.agents: list[LogService] = []
-        self.produce_calls: list[Any] = []
+        self.produce_calls: list[Any] = []  # per agent: its produce calls' arguments
+        self.fetch_calls: list[Any] = []  # per agent: its fetch calls' arguments
         self.servers: list[asyncio.AbstractServer] = []
         self.meta: Any = None
 
@@ -172,8 +181,9 @@ class KafkaTestCluster:
         peers: list[BrokerInfo] = []
         for node_id in range(self.agent_count):
             agent = make_agent(self.settings, self.meta, self.store, node_id=node_id, peers=peers)
-            calls, _ = record_calls(agent)
+            calls, fetches = record_calls(agent)
             self.produce_calls.append(calls)
+            self.fetch_calls.append(fetches)
             server = await start_kafka_server(agent, host="127.0.0.1", port=0)
             port = server.sockets[0].getsockname()[1]
             agent.address = BrokerInfo(node_id=node_id, host="127.0.0.1", port=port)

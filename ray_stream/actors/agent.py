@@ -42,6 +42,8 @@ REBIND_WAIT_S = 20.0
 
 def _restarted() -> bool:
     """True in an actor process Ray started again after the previous one died."""
+    if not ray.is_initialized():  # get_runtime_context() would start a Ray
+        return False
     try:
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:  # outside an actor
@@ -133,7 +135,7 @@ class AgentActor:
 
     async def stop(self) -> None:
         """Flush what is buffered, wait for in-flight flushes, close the listener."""
-        await self.log.drain()
+        await self.log.close()
         if self._server is not None:
             self._server.close()
             self._server = None

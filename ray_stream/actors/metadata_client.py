@@ -116,6 +116,10 @@ class RayMetadataClient:
         info: TopicInfo = await self._call("describe_topic", name)
         return info
 
+    async def watch_catalog(self, version: int, timeout_s: float) -> int:
+        found: int = await self._call("watch_catalog", version, timeout_s, retry_s=0.0)
+        return found
+
     # ------------------------------------------------------------------ groups
     async def join_group(self, request: JoinRequest) -> JoinResult:
         result: JoinResult = await self._call("join_group", request)

@@ -22,9 +22,9 @@ Rules this module keeps:
    recently used partitions go first) and ``max_refs_per_partition`` per partition (the
    oldest go first); a location older than ``ttl_s`` is not served, so files replaced
    by compaction are never read past their grace period (which must exceed ``ttl_s``).
-5. **Catalog versions.** A commit or locate answer with a different ``catalog_version``
-   (a topic was deleted, or the metadata service restarted) empties the cache: a
-   recreated topic reuses offsets.
+5. **Catalog versions.** A commit, locate or catalog-watch answer with a different
+   ``catalog_version`` (a topic was deleted, or the metadata service restarted) empties
+   the cache: a recreated topic reuses offsets.
 """
 
 from __future__ import annotations
@@ -91,6 +91,11 @@ class LocationCache:
     def __len__(self) -> int:
         return self._size
 
+    @property
+    def version(self) -> int | None:
+        """The catalog version the cached locations belong to (None: none seen yet)."""
+        return self._version
+
     def observe_version(self, catalog_version: int) -> bool:
         """Note an answer's catalog version; empty the cache when it changed (rule 5).
 
@@ -99,11 +104,10 @@ class LocationCache:
         """
         if catalog_version == self._version:
             return False
-        emptied = self._version is not None
+        emptied = self._version is not None or bool(self._parts)
+        self._parts.clear()
+        self._size = 0
         self._version = catalog_version
-        if emptied:
-            self._parts.clear()
-            self._size = 0
         return emptied
 
     def learn(
@@ -159,6 +163,12 @@ class LocationCache:
         self._parts.move_to_end((topic, partition))
         self.hits += 1
         return Hit(tuple(found), part.high_watermark, part.log_start_offset)
+
+    def clear(self) -> None:
+        """Forget everything (the catalog version is unknown again)."""
+        self._parts.clear()
+        self._size = 0
+        self._version = None
 
     def forget(self, topic: str, partition: int) -> None:
         """Drop what is known of one partition (a read of its batches failed)."""

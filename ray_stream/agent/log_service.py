@@ -16,14 +16,21 @@ Rules this module keeps:
    which also long-polls there when nothing at all is available. Only an answer whose
    catalog version shows that a topic was deleted costs a second ``locate`` (the cached
    part is asked again).
-2. **Reads never block on the cache's mistakes**: a batch the cache located that cannot
+2. **Cached locations never outlive their topic.** Once the agent caches anything, one
+   background ``watch_catalog`` long poll (one call per ``CATALOG_WATCH_S`` when nothing
+   changes) tells it within milliseconds that a topic was deleted (or the metadata
+   service restarted), and the cache is emptied: a topic deleted and created again
+   reuses offsets, and its old batches must never be served for the new one.
+3. **Reads never block on the cache's mistakes**: a batch the cache located that cannot
    be read (its file is gone) makes the cache forget that partition; the fetch fails
    for that partition with a retriable error and the next one asks the metadata service.
-3. The global ``max_bytes`` of a fetch is a soft bound: the first batch always comes.
+4. The global ``max_bytes`` of a fetch is a soft bound: the first batch always comes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +42,7 @@ from ray_stream.agent.locations import Hit, LocationCache
 from ray_stream.agent.segment_writer import SegmentWriter
 from ray_stream.clock import Clock
 from ray_stream.config import Settings
+from ray_stream.core.backoff import Backoff
 from ray_stream.core.metadata_api import (
     CommitAnswer,
     CommitRequest,
@@ -48,9 +56,12 @@ from ray_stream.storage.base import ObjectStore
 
 __all__ = ["BrokerSource", "LogService"]
 
+log = logging.getLogger(__name__)
+
 BrokerSource = Callable[[], Awaitable[list[BrokerInfo]]]
 FetchRequest = tuple[str, int, int, int]  # (topic, partition, offset, partition_max_bytes)
 DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
+CATALOG_WATCH_S = 30.0
 
 
 @dataclass(slots=True)
@@ -112,6 +123,8 @@ class LogService:
             rand=rand if rand is not None else random.Random(),
         )
         self._order = CallOrder(clock)
+        self._rand = rand if rand is not None else random.Random()
+        self._watcher: asyncio.Task[None] | None = None
         self._fetches = 0
         self._locates = 0
 
@@ -163,6 +176,13 @@ class LogService:
         """Flush what is buffered and wait for every flush in flight."""
         await self._writer.drain()
 
+    async def close(self) -> None:
+        """``drain``, then stop the background catalog watch."""
+        await self.drain()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
     async def _commit(self, requests: list[CommitRequest]) -> CommitAnswer:
         answer = await self.meta.commit(requests)
         self._locations.observe_version(answer.catalog_version)
@@ -191,6 +211,7 @@ class LogService:
             self._locations.learn(
                 topic, partition, refs, high_watermark=0, log_start_offset=log_start
             )
+        self._watch_catalog()
 
     # ---------------------------------------------------------------- read path
     async def fetch(
@@ -245,6 +266,28 @@ class LogService:
         self._absorb(slots, answer)
         return emptied
 
+    def _watch_catalog(self) -> None:
+        """Start the catalog watch (rule 2) unless it runs."""
+        if self._watcher is None or self._watcher.done():
+            loop = asyncio.get_running_loop()
+            self._watcher = loop.create_task(self._watch_loop(), name="catalog-watch")
+
+    async def _watch_loop(self) -> None:
+        backoff = Backoff(rand=self._rand)
+        while True:
+            known = self._locations.version
+            try:
+                version = await self.meta.watch_catalog(
+                    -1 if known is None else known, CATALOG_WATCH_S
+                )
+            except Exception as exc:  # loop boundary: the metadata service is away
+                self._locations.clear()  # nothing is known to be current any more
+                log.info("catalog watch failed, retrying: %s", exc)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff = Backoff(rand=self._rand)
+            self._locations.observe_version(version)
+
     def _absorb(self, slots: list[_Slot], answer: LocateAnswer) -> None:
         for i, slot in enumerate(slots):
             slot.cached = False
@@ -262,6 +305,7 @@ class LogService:
                 high_watermark=slot.high_watermark,
                 log_start_offset=slot.log_start_offset,
             )
+        self._watch_catalog()
 
     async def _read(self, slots: list[_Slot], max_bytes: int) -> list[FetchResult]:
         results: list[FetchResult] = []

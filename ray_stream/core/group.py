@@ -703,7 +703,11 @@ class GroupCoordinator:
         member is a "simple" consumer's, allowed while the group has no members (and it
         creates the Empty group, as Kafka does); anyone else must be a current member of
         the current generation, and not while the group awaits its SyncGroup. Commits
-        during PreparingRebalance are allowed so members can commit before rejoining."""
+        during PreparingRebalance are allowed so members can commit before rejoining.
+        An empty group id is refused (InvalidGroupId, as Kafka does) before it could
+        create a group."""
+        if not group_id:
+            return group_error(InvalidGroupId)
         group = self._groups.get(group_id)
         if group is None:
             if generation_id >= 0:

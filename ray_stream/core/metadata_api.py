@@ -50,7 +50,7 @@ from ray_stream.core.types import (
     TopicPartition,
     wire,
 )
-from ray_stream.errors import RayStreamError
+from ray_stream.errors import InternalError, RayStreamError
 
 __all__ = [
     "BatchColumns",
@@ -81,6 +81,12 @@ __all__ = [
 
 def _ints(code: str) -> array[int]:
     return array(code)
+
+
+def _ours(error: Exception) -> RayStreamError:
+    if isinstance(error, RayStreamError):
+        return error
+    return InternalError(f"batch failed: {error!r}")
 
 
 # -------------------------------------------------------------------- commits
@@ -191,12 +197,14 @@ class SegmentResult:
 
     @classmethod
     def of(cls, results: Sequence[BatchResult]) -> SegmentResult:
+        """Columns of ``results``; a batch error that is not a ray_stream error (a bug)
+        is kept as an InternalError, never dropped (the batch would look committed)."""
         return cls(
             None,
             array("q", [r.base_offset for r in results]),
             array("q", [r.log_start_offset for r in results]),
             array("b", [r.duplicate for r in results]),
-            {i: r.error for i, r in enumerate(results) if isinstance(r.error, RayStreamError)},
+            {i: _ours(r.error) for i, r in enumerate(results) if r.error is not None},
         )
 
     def results(self) -> list[BatchResult]:
@@ -439,6 +447,12 @@ class Topics(Protocol):
 
     async def describe_topic(self, name: str) -> TopicInfo:
         """Raises UnknownTopicOrPartition."""
+        ...
+
+    async def watch_catalog(self, version: int, timeout_s: float) -> int:
+        """The catalog version, as soon as it differs from ``version`` (a topic was
+        deleted, or the service restarted), or at ``timeout_s``. Agents long-poll this
+        to forget cached batch locations of deleted topics within milliseconds."""
         ...
 
 

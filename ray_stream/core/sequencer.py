@@ -251,10 +251,11 @@ class Sequencer:
 
         Returns:
             ``(log_start_offset, -1)`` for -2 (earliest), ``(high_watermark, -1)`` for -1
-            (latest); for -3 (KIP-734 max timestamp) the newest batch's last offset and
-            max timestamp (exact when timestamps grow with offsets, as CreateTime from one
-            producer does); otherwise the base offset and max timestamp of the first batch
-            with ``max_timestamp >= timestamp``. ``(-1, -1)`` when there is none.
+            (latest); for -3 (KIP-734 max timestamp) the largest timestamp of the
+            partition and the last offset of the first batch holding it (the exact record
+            when timestamps grow within a batch, as CreateTime from one producer does);
+            otherwise the base offset and max timestamp of the first batch with
+            ``max_timestamp >= timestamp``. ``(-1, -1)`` when there is none.
 
         Raises:
             UnknownTopicOrPartition: no such topic or partition.
@@ -268,8 +269,10 @@ class Sequencer:
         if timestamp == MAX_TIMESTAMP:
             if part.high_watermark <= part.log_start_offset or not part.refs:
                 return -1, -1
-            last = part.refs[-1]
-            return last.last_offset, last.max_timestamp
+            # Not simply the newest batch: timestamps need not grow with offsets (a
+            # producer's own CreateTime), and the answer must carry the largest one.
+            ref = part.refs[bisect_left(part.ts_prefix, part.ts_prefix[-1])]
+            return max(ref.last_offset, part.log_start_offset), ref.max_timestamp
         if timestamp < 0:
             raise InvalidRequest(f"list_offset timestamp {timestamp} is not -3, -2, -1 or >= 0")
         i = bisect_left(part.ts_prefix, timestamp)

@@ -32,10 +32,12 @@ Rules this module keeps (docs/design/0002-metadata-durability.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from ray_stream.clock import Clock, SystemClock
@@ -64,7 +66,7 @@ from ray_stream.core.metadata_api import (
 )
 from ray_stream.core.sequencer import Changes
 from ray_stream.core.types import BrokerInfo, CommittedOffset, TopicInfo, TopicPartition
-from ray_stream.errors import GroupIdNotFound, RayStreamError
+from ray_stream.errors import GroupIdNotFound, RayStreamError, StorageUnavailable
 from ray_stream.metadata.group_service import GroupService
 from ray_stream.metadata.object_journal import ObjectJournal
 from ray_stream.metadata.writer import MetadataWriter
@@ -83,8 +85,9 @@ class MetadataService:
     Args:
         settings: cluster settings (object store URL, data_dir, intervals).
         store: the object store (default: opened from ``settings``); tests inject one.
-        clock: wall time for the orphan sweep, monotonic time for long polls and groups
-            (default ``SystemClock``).
+        clock: wall time for the orphan sweep and segment freshness, monotonic time for
+            group sessions and snapshots (default ``SystemClock``); long polls are bounded
+            by the event loop's time.
 
     Raises:
         StorageUnavailable: the object store stayed unreachable for
@@ -105,6 +108,7 @@ class MetadataService:
         self._closed = False
         self._waiters: dict[tuple[str, int], asyncio.Event] = {}
         self._catalog_version = recovered.epoch << 32  # + 1 per topic deletion (rule 7)
+        self._catalog_changed = asyncio.Event()
         self._groups = GroupService(self._clock)
         self._agents: dict[int, BrokerInfo] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -182,6 +186,15 @@ class MetadataService:
         """Raises UnknownTopicOrPartition."""
         return self._seq.describe_topic(name)
 
+    async def watch_catalog(self, version: int, timeout_s: float) -> int:
+        """The catalog version as soon as it differs from ``version``, or at ``timeout_s``
+        (rule 7: agents long-poll this to drop cached locations of deleted topics)."""
+        if version == self._catalog_version:
+            changed = self._catalog_changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), max(timeout_s, 0.0))
+        return self._catalog_version
+
     # ------------------------------------------------------------- sequencing
     async def commit(self, requests: list[CommitRequest]) -> CommitAnswer:
         """Assign offsets to the batches of several segments in one commit round (one
@@ -195,7 +208,13 @@ class MetadataService:
             Per request, its results or the error that refused it (StorageUnavailable:
             the journal write failed or is in doubt; Fenced; Unavailable: the segment
             is too old to commit), with this incarnation's epoch.
+
+        Raises:
+            StorageUnavailable: the service is closed (the ``Sequencing`` contract: a
+                whole-call failure is raised; resend to the next incarnation).
         """
+        if self._closed:
+            raise StorageUnavailable("the metadata service is closed")
         segments = await self._writer.commit_many(requests)
         return CommitAnswer(self._journal.epoch, self._catalog_version, tuple(segments))
 
@@ -212,6 +231,8 @@ class MetadataService:
             remaining = deadline - loop.time()
             found = sum(answer.refs.length)
             if answer.errors or found >= request.min_bytes or remaining <= 0:
+                return answer
+            if not request.positions:  # nothing a commit could wake it for
                 return answer
             await self._wait_for_commit(request.positions, remaining)
 
@@ -245,6 +266,8 @@ class MetadataService:
     def _wake(self, changes: Changes) -> None:
         if changes.deleted_topics:
             self._catalog_version += len(changes.deleted_topics)
+            self._catalog_changed.set()
+            self._catalog_changed = asyncio.Event()
         if not self._waiters:
             return
         for row in changes.partitions:
@@ -276,19 +299,26 @@ class MetadataService:
         return await self._groups.leave_group(request)
 
     async def list_groups(self, states: list[str] | None = None) -> list[GroupListing]:
-        """Groups with members, plus groups known only by committed offsets (state Empty)."""
+        """Groups with members, plus groups known only by committed offsets (state Empty,
+        as after a metadata restart: membership lives in memory)."""
         listed = await self._groups.list_groups(states)
         known = {g.group_id for g in listed}
-        if states is None or "Empty" in states:
+        if states is None or "empty" in {s.lower() for s in states}:
             listed += [
-                GroupListing(g, "consumer", "Empty")
-                for g in self._seq.group_ids()
-                if g not in known
+                GroupListing(g, "", "Empty") for g in self._seq.group_ids() if g not in known
             ]
         return listed
 
     async def describe_groups(self, group_ids: list[str]) -> list[GroupDescription]:
-        return await self._groups.describe_groups(group_ids)
+        """DescribeGroups; a group known only by its committed offsets is Empty."""
+        described = await self._groups.describe_groups(group_ids)
+        with_offsets = set(self._seq.group_ids())
+        return [
+            replace(d, state="Empty")
+            if d.state == "Dead" and d.error is None and d.group_id in with_offsets
+            else d
+            for d in described
+        ]
 
     async def delete_groups(self, group_ids: list[str]) -> list[GroupDeletion]:
         """Delete empty groups and their committed offsets (a group known only by its
@@ -305,12 +335,14 @@ class MetadataService:
             if isinstance(error, GroupIdNotFound) and answer.group_id in with_offsets:
                 error = None
             if error is None:
-                group = answer.group_id
-                await self._writer.write(
-                    lambda g=group: (None, self._seq.plan_delete_group_offsets(g)), then=_same
-                )
+                await self._delete_group_offsets(answer.group_id)
             out.append(GroupDeletion(answer.group_id, error))
         return out
+
+    async def _delete_group_offsets(self, group_id: str) -> None:
+        await self._writer.write(
+            lambda: (None, self._seq.plan_delete_group_offsets(group_id)), then=_same
+        )
 
     async def commit_offsets(self, request: OffsetCommitRequest) -> None:
         """Check the committer's membership, then store the offsets (all or none) in the

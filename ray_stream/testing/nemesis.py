@@ -18,9 +18,9 @@ Every fault ends with a probe: one recorded send through the Python API must suc
 (``recovered``), and every agent the fault restarted must listen for Kafka clients again
 by itself. The time from the fault to that success is in ``evidence``.
 
-Actor introspection uses the actors' own ``pid``/``node_id``/``inject_faults``/
-``fault_counts`` methods when they exist, else Ray's ``__ray_call__`` with a function
-doing the same, so the harness works before and after those methods land.
+Actor introspection and fault injection (``pid``, ``node_id``, ``inject_faults``,
+``fault_counts``) run inside the actor through Ray's ``__ray_call__``: the hooks live
+here, in one place, and the production actors carry none of them.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _fault_counts(actor: Any) -> dict[str, int]:
     return dict(_faulty(actor).counts_dict())
 
 
-_FALLBACKS: dict[str, Callable[..., Any]] = {
+_HOOKS: dict[str, Callable[..., Any]] = {
     "pid": _pid,
     "node_id": _node_id,
     "inject_faults": _inject_faults,
@@ -102,15 +102,10 @@ _FALLBACKS: dict[str, Callable[..., Any]] = {
 }
 
 
-def actor_call(handle: Any, method: str, *args: Any, timeout_s: float = 10.0) -> Any:
-    """Call ``method`` on an actor, or its ``__ray_call__`` fallback if it lacks one."""
-    try:
-        bound = getattr(handle, method)
-    except AttributeError:
-        bound = None
-    if bound is not None:
-        return handles.get(bound.remote(*args), timeout_s=timeout_s)
-    return handles.get(handle.__ray_call__.remote(_FALLBACKS[method], *args), timeout_s=timeout_s)
+def actor_call(handle: Any, hook: str, *args: Any, timeout_s: float = 10.0) -> Any:
+    """Run the test hook ``hook`` (``pid``, ``node_id``, ``inject_faults``,
+    ``fault_counts``) inside the actor, through Ray's ``__ray_call__``."""
+    return handles.get(handle.__ray_call__.remote(_HOOKS[hook], *args), timeout_s=timeout_s)
 
 
 def _try(handle: Any, method: str, *args: Any) -> Any | None:

@@ -102,15 +102,22 @@ def test_corrupt_raw_batch_is_rejected(cluster):
 
     data = bytearray(encode_batch([Record(value=b"payload")], now_ms=0))
     data[-1] ^= 0xFF
-    (result,) = ray_stream.actors.handles.get(cluster.agent(0).produce.remote([("good", 0, bytes(data))]))
+    (result,) = ray_stream.actors.handles.get(
+        cluster.agent(0).produce.remote([("good", 0, bytes(data))])
+    )
     assert isinstance(result.error, CorruptData)
     _still_serves(cluster)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"value": "text"}, "value"), ({"value": 42}, "value"), ({"value": b"x", "key": 7}, "key"),
-     ({"value": b"x", "timestamp": "now"}, "timestamp"), ({"value": b"x", "headers": [("h", "s")]}, "header")],
+    [
+        ({"value": "text"}, "value"),
+        ({"value": 42}, "value"),
+        ({"value": b"x", "key": 7}, "key"),
+        ({"value": b"x", "timestamp": "now"}, "timestamp"),
+        ({"value": b"x", "headers": [("h", "s")]}, "header"),
+    ],
 )
 def test_non_bytes_fields_are_rejected(cluster, kwargs, field):
     producer = cluster.producer()

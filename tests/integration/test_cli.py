@@ -29,9 +29,24 @@ def started(tmp_path_factory):
     env = dict(os.environ, RAY_STREAM_STATE_DIR=str(tmp / "state"), RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ray_stream.cli", "start", "--data-dir", str(tmp / "data"),
-         "--kafka-port", "-1", "--linger-ms", "20", "--namespace", "cli-test"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ray_stream.cli",
+            "start",
+            "--data-dir",
+            str(tmp / "data"),
+            "--kafka-port",
+            "-1",
+            "--linger-ms",
+            "20",
+            "--namespace",
+            "cli-test",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
     )
     deadline = time.monotonic() + 180
     ready = None
@@ -63,7 +78,9 @@ def test_topics_produce_consume_round_trip(started):
     r = _cli(env, "produce", "clitopic", stdin=b"".join(f"line-{i}\n".encode() for i in range(50)))
     assert r.returncode == 0, r.stderr.decode()
     assert b"produced 50 records" in r.stderr
-    r = _cli(env, "consume", "clitopic", "--from-beginning", "--max-records", "50", "--timeout", "5")
+    r = _cli(
+        env, "consume", "clitopic", "--from-beginning", "--max-records", "50", "--timeout", "5"
+    )
     assert r.returncode == 0, r.stderr.decode()
     assert sorted(r.stdout.decode().split()) == sorted(f"line-{i}" for i in range(50))
     r = _cli(env, "topics", "describe", "clitopic")

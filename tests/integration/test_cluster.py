@@ -158,7 +158,9 @@ def test_send_batch_of_arrow_table(cluster, unique_name):
     read = cluster.read_table(unique_name)
     assert read.num_rows == n
     by_pos = {(r["partition"], r["offset"]): r for r in read.to_pylist()}
-    for i, (p, o) in enumerate(zip(placed["partition"].to_pylist(), placed["offset"].to_pylist(), strict=True)):
+    for i, (p, o) in enumerate(
+        zip(placed["partition"].to_pylist(), placed["offset"].to_pylist(), strict=True)
+    ):
         row = by_pos[(p, o)]
         assert row["value"] == f"value-{i}".encode()
         assert int(row["timestamp"].timestamp() * 1000) == 1_700_000_000_000 + i
@@ -202,11 +204,17 @@ def test_poll_long_polls_until_new_data(cluster, unique_name):
 
 def test_restart_keeps_every_acknowledged_record_at_its_offset(ray_session, tmp_path, unique_name):
     ns = "ns-" + uuid.uuid4().hex[:8]
-    first = ray_stream.start_local(data_dir=str(tmp_path / "d"), namespace=ns, kafka_port=0, linger_ms=10)
+    first = ray_stream.start_local(
+        data_dir=str(tmp_path / "d"), namespace=ns, kafka_port=0, linger_ms=10
+    )
     first.create_topic(unique_name, 3)
     with first.producer() as producer:
-        futures = [producer.send(unique_name, f"r{i}".encode(), key=str(i).encode()) for i in range(3000)]
-    acked = {(f.result().partition, f.result().offset): f"r{i}".encode() for i, f in enumerate(futures)}
+        futures = [
+            producer.send(unique_name, f"r{i}".encode(), key=str(i).encode()) for i in range(3000)
+        ]
+    acked = {
+        (f.result().partition, f.result().offset): f"r{i}".encode() for i, f in enumerate(futures)
+    }
     consumer = first.consumer(group_id="keep")
     consumer.assign_topic(unique_name)
     while consumer.poll(timeout=2):
@@ -214,7 +222,9 @@ def test_restart_keeps_every_acknowledged_record_at_its_offset(ray_session, tmp_
     consumer.commit()
     first.shutdown()
 
-    second = ray_stream.start_local(data_dir=str(tmp_path / "d"), namespace=ns, kafka_port=0, linger_ms=10)
+    second = ray_stream.start_local(
+        data_dir=str(tmp_path / "d"), namespace=ns, kafka_port=0, linger_ms=10
+    )
     try:
         table = second.read_table(unique_name)
         got = {(r["partition"], r["offset"]): r["value"] for r in table.to_pylist()}
@@ -280,7 +290,14 @@ def test_read_table_ranges_and_dataset(cluster, unique_name):
     assert set(part["partition"].to_pylist()) == {1}
     per = cluster.read_table(unique_name, start={0: 95}, end={1: 3})
     assert sorted(zip(per["partition"].to_pylist(), per["offset"].to_pylist(), strict=True)) == [
-        (0, 95), (0, 96), (0, 97), (0, 98), (0, 99), (1, 0), (1, 1), (1, 2)
+        (0, 95),
+        (0, 96),
+        (0, 97),
+        (0, 98),
+        (0, 99),
+        (1, 0),
+        (1, 1),
+        (1, 2),
     ]
     ds = cluster.read_dataset(unique_name)
     assert ds.count() == 200

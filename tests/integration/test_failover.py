@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from ray_stream.actors import handles
+from ray_stream.testing.nemesis import actor_call
 from ray_stream.client.cluster import Cluster as StreamCluster
 from ray_stream.config import Settings
 from tests.fixtures_ray import wait_for
@@ -154,8 +155,10 @@ def _check_log(
 
 
 def _call(handle: Any, method: str, timeout_s: float = 10.0) -> Any:
-    """One actor call, or None while the actor is restarting."""
+    """One actor call (or test hook: pid, node_id), or None while it is restarting."""
     try:
+        if method in ("pid", "node_id"):
+            return actor_call(handle, method, timeout_s=timeout_s)
         return handles.get(getattr(handle, method).remote(), timeout_s=timeout_s)
     except Exception:
         return None
@@ -165,7 +168,7 @@ def test_killing_the_metadata_actor_mid_produce_loses_nothing(stream):
     topic = "kill-meta-" + uuid.uuid4().hex[:6]
     stream.create_topic(topic, 4)
     meta = stream.metadata
-    epoch_before = handles.get(meta.epoch.remote())
+    epoch_before = handles.get(meta.ping.remote())["epoch"]
     writer = _Writer(stream, topic, agent=0)
     try:
         wait_for(lambda: len(writer.acked) >= 300, timeout=60)
@@ -175,7 +178,7 @@ def test_killing_the_metadata_actor_mid_produce_loses_nothing(stream):
         ray.kill(meta, no_restart=False)
         wait_for(lambda: writer.acked_after(killed_at + 0.05) > 0, timeout=60)
         failover_s = min(t for *_, t in writer.acked.values() if t > killed_at) - killed_at
-        wait_for(lambda: (_call(meta, "epoch") or 0) > epoch_before, timeout=60)
+        wait_for(lambda: ((_call(meta, "ping") or {}).get("epoch") or 0) > epoch_before, timeout=60)
         back_at = time.monotonic()
         wait_for(lambda: writer.acked_after(back_at) >= 100, timeout=60)
     finally:
@@ -193,7 +196,7 @@ def test_a_killed_agent_serves_again_on_its_own(stream):
     topic = "kill-agent-" + uuid.uuid4().hex[:6]
     stream.create_topic(topic, 2)
     agent = stream.agent(1)
-    before_pid = handles.get(agent.pid.remote())
+    before_pid = actor_call(agent, "pid")
     address = handles.get(agent.kafka_address.remote())
     writer = _Writer(stream, topic, agent=1)
     try:
@@ -233,7 +236,7 @@ def test_removing_the_metadata_node_restarts_it_elsewhere_with_everything(stream
     topic = "rm-node-" + uuid.uuid4().hex[:6]
     stream.create_topic(topic, 3)
     meta = stream.metadata
-    node = handles.get(meta.node_id.remote())
+    node = actor_call(meta, "node_id")
     victim = next(n for n in ray_cluster.worker_nodes if n.node_id == node)
     writer = _Writer(stream, topic, agent=0)
     try:

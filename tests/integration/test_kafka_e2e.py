@@ -72,7 +72,9 @@ class RayKafkaCluster:
         entries = []
         for info in self.cluster.list_topics():
             for p in range(info.partitions):
-                (result,) = handles.get(self.cluster.agent(0).fetch.remote([(info.name, p, 0, 64 << 20)], 0))
+                (result,) = handles.get(
+                    self.cluster.agent(0).fetch.remote([(info.name, p, 0, 64 << 20)], 0)
+                )
                 entries += [(info.name, p, b) for b in split_batches(result.records)]
         return [SimpleNamespace(produce_calls=[(entries, -1)])]
 
@@ -97,7 +99,12 @@ def test_compressed_batches_are_stored_and_served_byte_exact(cluster, codec):
     name = "c" + uuid.uuid4().hex[:8]
     cluster.cluster.create_topic(name, 1)
     producer = Producer(
-        {"bootstrap.servers": cluster.bootstrap, "compression.type": codec, "linger.ms": 50, "acks": "all"}
+        {
+            "bootstrap.servers": cluster.bootstrap,
+            "compression.type": codec,
+            "linger.ms": 50,
+            "acks": "all",
+        }
     )
     values = [f"{codec}-{i}-".encode() * 20 for i in range(300)]
     for v in values:
@@ -112,8 +119,13 @@ def test_compressed_batches_are_stored_and_served_byte_exact(cluster, codec):
     if codec != "none":
         assert expected_code in {parse_batch_header(b).compression for b in batches}
     consumer = Consumer(
-        {"bootstrap.servers": cluster.bootstrap, "group.id": "c-" + name, "check.crcs": True,
-         "auto.offset.reset": "earliest", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": cluster.bootstrap,
+            "group.id": "c-" + name,
+            "check.crcs": True,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
     )
     consumer.assign([TopicPartition(name, 0, 0)])
     got = []
@@ -136,7 +148,10 @@ def test_kafka_and_python_api_see_the_same_log(cluster):
         producer.produce(name, key=f"k{i}".encode(), value=f"v{i}".encode())
     assert producer.flush(30) == 0
     with cluster.cluster.producer() as py_producer:
-        metas = [py_producer.send(name, f"v{i}".encode(), key=f"k{i}".encode()).result() for i in range(100, 110)]
+        metas = [
+            py_producer.send(name, f"v{i}".encode(), key=f"k{i}".encode()).result()
+            for i in range(100, 110)
+        ]
     table = cluster.cluster.read_table(name)
     assert table.num_rows == 110
     # librdkafka's default partitioner for keyed records is murmur2-compatible only with
@@ -150,7 +165,9 @@ def test_idempotent_retry_over_the_wire_is_stored_once(cluster, topic):
     from tests.fakes import RawClient, decode_response, encode_request
 
     pid, epoch = cluster.run(cluster.meta.init_producer_id(None))
-    records = encode_batch([Record(b"once")], now_ms=1, producer_id=pid, producer_epoch=epoch, base_sequence=0)
+    records = encode_batch(
+        [Record(b"once")], now_ms=1, producer_id=pid, producer_epoch=epoch, base_sequence=0
+    )
     produce = {
         "transactional_id": None,
         "acks": -1,

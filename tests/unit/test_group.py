@@ -12,15 +12,42 @@ from ray_stream.core.group import (
     PREPARING_REBALANCE,
     STABLE,
     GroupCoordinator,
+    GroupListing,
     JoinResult,
+    LeaveResult,
     Pending,
     SyncResult,
+)
+from ray_stream.errors import (
+    FencedInstanceId,
+    GroupError,
+    GroupIdNotFound,
+    IllegalGeneration,
+    InconsistentGroupProtocol,
+    InvalidGroupId,
+    InvalidSessionTimeout,
+    MemberIdRequired,
+    NonEmptyGroup,
+    RebalanceInProgress,
+    UnknownMemberId,
 )
 
 G = "g1"
 RANGE = ("range", b"range-meta")
 RR = ("roundrobin", b"rr-meta")
 COOP = ("cooperative-sticky", b"coop-meta")
+
+
+def kind(error: BaseException | None) -> type[BaseException] | None:
+    """An error's kind (its class is the API; the message is free-form), or None."""
+    assert error is None or isinstance(error, GroupError), f"not a GroupError: {error!r}"
+    return None if error is None else type(error)
+
+
+def leaves(result: LeaveResult) -> tuple[type[BaseException] | None, list[tuple]]:
+    """A LeaveResult as (kind of its error, [(member_id, instance_id, kind of error)])."""
+    members = [(m.member_id, m.group_instance_id, kind(m.error)) for m in result.members]
+    return kind(result.error), members
 
 
 class Harness:
@@ -87,14 +114,14 @@ class Harness:
         self._collect()
         return out
 
-    def heartbeat(self, member_id: str, generation: int, *, now: int = 0) -> str | None:
+    def heartbeat(self, member_id: str, generation: int, *, now: int = 0) -> GroupError | None:
         error = self.core.heartbeat(
             G, generation_id=generation, member_id=member_id, group_instance_id=None, now_ms=now
         )
         self._collect()
         return error
 
-    def leave(self, *members: tuple[str, str | None], now: int = 0):
+    def leave(self, *members: tuple[str, str | None], now: int = 0) -> LeaveResult:
         out = self.core.leave(G, list(members), now_ms=now)
         self._collect()
         return out
@@ -182,7 +209,7 @@ def test_group_member_id_required_then_rejoin_with_given_id():
     h = Harness(delay_ms=0)
     first = h.join(client="cli", require_known=True)
     assert isinstance(first, JoinResult)
-    assert first.error == "MEMBER_ID_REQUIRED"
+    assert kind(first.error) is MemberIdRequired
     assert first.member_id.startswith("cli-")
     assert len(first.member_id) == len("cli-") + 36
     assert first.generation_id == -1
@@ -196,11 +223,11 @@ def test_group_member_id_required_then_rejoin_with_given_id():
 def test_group_pending_member_that_never_rejoins_expires():
     h = Harness(delay_ms=0)
     first = h.joined(h.join(require_known=True, session=1_000, now=0))
-    assert first.error == "MEMBER_ID_REQUIRED"
+    assert kind(first.error) is MemberIdRequired
     assert h.tick(999) == []
     assert h.tick(1_000) == [(G, first.member_id)]
     again = h.join(first.member_id, now=1_001)
-    assert h.joined(again).error == "UNKNOWN_MEMBER_ID"
+    assert kind(h.joined(again).error) is UnknownMemberId
 
 
 def test_group_third_member_makes_others_rejoin_into_next_generation():
@@ -208,8 +235,8 @@ def test_group_third_member_makes_others_rejoin_into_next_generation():
     (a, b), gen = form_group(h, ["a", "b"])
     c = h.join(client="c", now=1_000)
     assert isinstance(c, Pending)
-    assert h.heartbeat(a, gen, now=1_010) == "REBALANCE_IN_PROGRESS"
-    assert h.heartbeat(b, gen, now=1_010) == "REBALANCE_IN_PROGRESS"
+    assert kind(h.heartbeat(a, gen, now=1_010)) is RebalanceInProgress
+    assert kind(h.heartbeat(b, gen, now=1_010)) is RebalanceInProgress
     ra = h.join(a, now=1_020)
     assert h.answer(ra) is None  # b has not rejoined yet
     rb = h.join(b, now=1_030)  # everyone is back: completes without waiting for the timeout
@@ -217,7 +244,7 @@ def test_group_third_member_makes_others_rejoin_into_next_generation():
     assert {r.generation_id for r in results} == {gen + 1}
     assert results[0].leader == a
     assert [m[0] for m in results[0].members] == [a, b, results[2].member_id]
-    assert h.heartbeat(a, gen, now=1_040) == "ILLEGAL_GENERATION"
+    assert kind(h.heartbeat(a, gen, now=1_040)) is IllegalGeneration
 
 
 def test_group_members_that_miss_the_rebalance_timeout_are_removed():
@@ -231,7 +258,7 @@ def test_group_members_that_miss_the_rebalance_timeout_are_removed():
     result_a, result_c = h.joined(ra), h.joined(rc)
     assert result_a.generation_id == gen + 1
     assert [m[0] for m in result_a.members] == [a, result_c.member_id]
-    assert h.heartbeat(b, gen + 1, now=3_001) == "UNKNOWN_MEMBER_ID"
+    assert kind(h.heartbeat(b, gen + 1, now=3_001)) is UnknownMemberId
 
 
 def test_group_leader_that_does_not_rejoin_is_replaced():
@@ -243,7 +270,7 @@ def test_group_leader_that_does_not_rejoin_is_replaced():
     assert result.leader == b
     assert result.members == ((b, None, b"rr-meta"),)
     assert result.protocol_name == "roundrobin"
-    assert h.heartbeat(a, gen, now=3_001) == "UNKNOWN_MEMBER_ID"
+    assert kind(h.heartbeat(a, gen, now=3_001)) is UnknownMemberId
 
 
 def test_group_sync_relays_leader_assignment_to_waiting_follower():
@@ -279,10 +306,10 @@ def test_group_leader_assignment_missing_a_member_gives_it_empty_bytes():
 @pytest.mark.parametrize(
     ("member", "generation", "protocol_name", "expected"),
     [
-        ("nobody", 1, None, "UNKNOWN_MEMBER_ID"),
-        ("A", 0, None, "ILLEGAL_GENERATION"),
-        ("A", 2, None, "ILLEGAL_GENERATION"),
-        ("A", 1, "roundrobin", "INCONSISTENT_GROUP_PROTOCOL"),
+        ("nobody", 1, None, UnknownMemberId),
+        ("A", 0, None, IllegalGeneration),
+        ("A", 2, None, IllegalGeneration),
+        ("A", 1, "roundrobin", InconsistentGroupProtocol),
     ],
 )
 def test_group_sync_errors(member, generation, protocol_name, expected):
@@ -290,7 +317,7 @@ def test_group_sync_errors(member, generation, protocol_name, expected):
     a = h.joined(h.join()).member_id
     member_id = a if member == "A" else member
     out = h.sync(member_id, generation, protocol_name=protocol_name)
-    assert h.synced(out).error == expected
+    assert kind(h.synced(out).error) is expected
 
 
 def test_group_sync_unknown_group_and_during_rebalance():
@@ -305,11 +332,13 @@ def test_group_sync_unknown_group_and_during_rebalance():
         assignments=[],
         now_ms=0,
     )
-    assert out == SyncResult("UNKNOWN_MEMBER_ID", None, None, b"")
+    assert isinstance(out, SyncResult)
+    assert kind(out.error) is UnknownMemberId
+    assert (out.protocol_type, out.protocol_name, out.assignment) == (None, None, b"")
     a = h.joined(h.join(client="a")).member_id
     h.sync(a, 1, assignments=[(a, b"x")])
     h.join(client="b", now=10)
-    assert h.synced(h.sync(a, 1, now=20)).error == "REBALANCE_IN_PROGRESS"
+    assert kind(h.synced(h.sync(a, 1, now=20)).error) is RebalanceInProgress
 
 
 def test_group_rebalance_during_completing_answers_waiting_followers():
@@ -320,7 +349,7 @@ def test_group_rebalance_during_completing_answers_waiting_followers():
     a, b = (h.joined(o).member_id for o in outs)
     follower = h.sync(b, 1, now=700)
     h.join(client="c", now=710)
-    assert h.synced(follower).error == "REBALANCE_IN_PROGRESS"
+    assert kind(h.synced(follower).error) is RebalanceInProgress
     assert h.state() == PREPARING_REBALANCE
     assert a in {m.member_id for m in h.core.describe([G])[0].members}
 
@@ -330,16 +359,14 @@ def test_group_heartbeat_errors_and_success():
     a = h.joined(h.join()).member_id
     h.sync(a, 1, assignments=[(a, b"x")])
     assert h.heartbeat(a, 1) is None
-    assert h.heartbeat(a, 7) == "ILLEGAL_GENERATION"
-    assert h.heartbeat("ghost", 1) == "UNKNOWN_MEMBER_ID"
-    assert (
-        h.core.heartbeat("other", generation_id=1, member_id=a, group_instance_id=None, now_ms=0)
-        == "UNKNOWN_MEMBER_ID"
+    assert kind(h.heartbeat(a, 7)) is IllegalGeneration
+    assert kind(h.heartbeat("ghost", 1)) is UnknownMemberId
+    other = h.core.heartbeat(
+        "other", generation_id=1, member_id=a, group_instance_id=None, now_ms=0
     )
-    assert (
-        h.core.heartbeat("", generation_id=1, member_id=a, group_instance_id=None, now_ms=0)
-        == "INVALID_GROUP_ID"
-    )
+    assert kind(other) is UnknownMemberId
+    no_id = h.core.heartbeat("", generation_id=1, member_id=a, group_instance_id=None, now_ms=0)
+    assert kind(no_id) is InvalidGroupId
 
 
 def test_group_heartbeat_while_completing_is_ok():
@@ -352,9 +379,9 @@ def test_group_heartbeat_while_completing_is_ok():
 def test_group_leave_triggers_rebalance_for_the_rest():
     h = Harness()
     (a, b), gen = form_group(h, ["a", "b"])
-    assert h.leave((b, None), now=1_000) == (None, [(b, None, None)])
+    assert leaves(h.leave((b, None), now=1_000)) == (None, [(b, None, None)])
     assert h.state() == PREPARING_REBALANCE
-    assert h.heartbeat(a, gen, now=1_001) == "REBALANCE_IN_PROGRESS"
+    assert kind(h.heartbeat(a, gen, now=1_001)) is RebalanceInProgress
     result = h.joined(h.join(a, now=1_002))
     assert result.generation_id == gen + 1
     assert result.members == ((a, None, b"range-meta"),)
@@ -368,7 +395,7 @@ def test_group_last_member_leaving_empties_group_and_bumps_generation():
     desc = h.core.describe([G])[0]
     assert desc.state == EMPTY
     assert desc.members == ()
-    assert h.core.list_groups() == [(G, "consumer", EMPTY)]
+    assert h.core.list_groups() == [GroupListing(G, "consumer", EMPTY)]
     # A newcomer to the Empty group starts generation 3 after the initial delay.
     assert h.joined(h.join(client="z")).generation_id == 3
 
@@ -376,11 +403,12 @@ def test_group_last_member_leaving_empties_group_and_bumps_generation():
 def test_group_leave_unknown_members_and_unknown_group():
     h = Harness(delay_ms=0)
     a = h.joined(h.join()).member_id
-    assert h.leave(("ghost", None), ("", "no-such-instance")) == (
+    assert leaves(h.leave(("ghost", None), ("", "no-such-instance"))) == (
         None,
-        [("ghost", None, "UNKNOWN_MEMBER_ID"), ("", "no-such-instance", "UNKNOWN_MEMBER_ID")],
+        [("ghost", None, UnknownMemberId), ("", "no-such-instance", UnknownMemberId)],
     )
-    assert h.core.leave("none", [(a, None)], now_ms=0) == (None, [(a, None, "UNKNOWN_MEMBER_ID")])
+    unknown_group = h.core.leave("none", [(a, None)], now_ms=0)
+    assert leaves(unknown_group) == (None, [(a, None, UnknownMemberId)])
 
 
 def test_group_leave_while_parked_in_join_answers_the_join():
@@ -389,7 +417,7 @@ def test_group_leave_while_parked_in_join_answers_the_join():
     ra = h.join(a, now=1_000)  # the leader rejoining a Stable group forces a rebalance
     assert h.answer(ra) is None
     h.leave((a, None), now=1_010)
-    assert h.joined(ra).error == "UNKNOWN_MEMBER_ID"
+    assert kind(h.joined(ra).error) is UnknownMemberId
 
 
 def test_group_session_expiry_evicts_silent_member_and_rebalances():
@@ -399,11 +427,11 @@ def test_group_session_expiry_evicts_silent_member_and_rebalances():
     assert h.heartbeat(a, gen, now=1_500) is None
     assert h.tick(1_599) == []
     assert h.tick(1_600) == [(G, b)]
-    assert h.heartbeat(a, gen, now=1_700) == "REBALANCE_IN_PROGRESS"
+    assert kind(h.heartbeat(a, gen, now=1_700)) is RebalanceInProgress
     result = h.joined(h.join(a, now=1_710, session=1_000))
     assert result.generation_id == gen + 1
     assert [m[0] for m in result.members] == [a]
-    assert h.heartbeat(b, gen, now=1_720) == "UNKNOWN_MEMBER_ID"
+    assert kind(h.heartbeat(b, gen, now=1_720)) is UnknownMemberId
 
 
 def test_group_parked_joiner_is_not_expired_by_session():
@@ -426,7 +454,7 @@ def test_group_member_that_never_syncs_is_removed_after_rebalance_timeout():
     follower = h.sync(b, 1, now=700)
     assert h.tick(2_599) == []
     assert h.tick(2_600) == [(G, a)]
-    assert h.synced(follower).error == "REBALANCE_IN_PROGRESS"
+    assert kind(h.synced(follower).error) is RebalanceInProgress
     assert h.state() == PREPARING_REBALANCE
 
 
@@ -438,24 +466,25 @@ def test_group_follower_released_from_sync_gets_a_fresh_session():
     a, b = (h.joined(o).member_id for o in outs)
     follower = h.sync(b, 1, now=700)  # session deadline 3700, but parked from here on
     assert h.tick(2_600) == [(G, a)]  # the leader never synced
-    assert h.synced(follower).error == "REBALANCE_IN_PROGRESS"
+    assert kind(h.synced(follower).error) is RebalanceInProgress
     assert h.tick(3_700) == []  # b's session restarted at 2600 when it was released
-    assert h.heartbeat(b, 1, now=3_710) == "REBALANCE_IN_PROGRESS"
+    assert kind(h.heartbeat(b, 1, now=3_710)) is RebalanceInProgress
 
 
 def test_group_delete_groups():
     h = Harness(delay_ms=0)
     h.joined(h.join())
     h.core.validate_offset_commit("simple", generation_id=-1, member_id="", now_ms=0)
-    assert h.core.delete([G, "simple", "unknown", ""]) == [
-        (G, "NON_EMPTY_GROUP"),
+    deleted = h.core.delete([G, "simple", "unknown", ""])
+    assert [(d.group_id, kind(d.error)) for d in deleted] == [
+        (G, NonEmptyGroup),
         ("simple", None),
-        ("unknown", "GROUP_ID_NOT_FOUND"),
-        ("", "INVALID_GROUP_ID"),
+        ("unknown", GroupIdNotFound),
+        ("", InvalidGroupId),
     ]
     desc = h.core.describe(["simple"])[0]
     assert (desc.error, desc.state, desc.members) == (None, "Dead", ())
-    assert [g[0] for g in h.core.list_groups()] == [G]
+    assert [g.group_id for g in h.core.list_groups()] == [G]
 
 
 @pytest.mark.parametrize(
@@ -480,20 +509,20 @@ def test_group_protocol_selection_by_votes(preferences, chosen):
 
 def test_group_inconsistent_protocols_are_rejected():
     h = Harness()
-    assert h.joined(h.join(protocols=[])).error == "INCONSISTENT_GROUP_PROTOCOL"
-    assert h.joined(h.join(protocol_type="")).error == "INCONSISTENT_GROUP_PROTOCOL"
+    assert kind(h.joined(h.join(protocols=[])).error) is InconsistentGroupProtocol
+    assert kind(h.joined(h.join(protocol_type="")).error) is InconsistentGroupProtocol
     assert h.core.list_groups() == []  # a rejected first join creates no group
     h.join(client="a", protocols=[RANGE, RR])
-    assert h.joined(h.join(protocols=[COOP])).error == "INCONSISTENT_GROUP_PROTOCOL"
-    assert h.joined(h.join(protocol_type="connect")).error == "INCONSISTENT_GROUP_PROTOCOL"
+    assert kind(h.joined(h.join(protocols=[COOP])).error) is InconsistentGroupProtocol
+    assert kind(h.joined(h.join(protocol_type="connect")).error) is InconsistentGroupProtocol
     assert isinstance(h.join(client="b", protocols=[RR]), Pending)
 
 
 def test_group_join_with_member_id_for_unknown_group_or_member():
     h = Harness(delay_ms=0)
-    assert h.joined(h.join("made-up")).error == "UNKNOWN_MEMBER_ID"
+    assert kind(h.joined(h.join("made-up")).error) is UnknownMemberId
     h.joined(h.join())
-    assert h.joined(h.join("made-up")).error == "UNKNOWN_MEMBER_ID"
+    assert kind(h.joined(h.join("made-up")).error) is UnknownMemberId
 
 
 def test_group_follower_rejoin_in_stable_with_same_metadata_needs_no_rebalance():
@@ -524,7 +553,7 @@ def test_group_resent_join_answers_the_replaced_request():
     (a, _b), _ = form_group(h, ["a", "b"])
     first = h.join(a, now=1_000)
     second = h.join(a, now=1_100)
-    assert h.joined(first).error == "REBALANCE_IN_PROGRESS"
+    assert kind(h.joined(first).error) is RebalanceInProgress
     assert h.answer(second) is None
 
 
@@ -546,8 +575,8 @@ def test_group_static_member_rejoin_takes_over_without_rebalance():
     assert rejoined.skip_assignment is False
     assert h.state() == STABLE
     assert h.synced(h.sync(new_b, 1, instance="inst-b")).assignment == b"B"
-    assert h.synced(h.sync(b, 1, instance="inst-b")).error == "FENCED_INSTANCE_ID"
-    assert h.heartbeat(b, 1) == "UNKNOWN_MEMBER_ID"
+    assert kind(h.synced(h.sync(b, 1, instance="inst-b")).error) is FencedInstanceId
+    assert kind(h.heartbeat(b, 1)) is UnknownMemberId
 
 
 def test_group_static_leader_rejoin_gets_members_and_skip_assignment():
@@ -569,7 +598,7 @@ def test_group_static_rejoin_fences_the_parked_old_join():
     h2.sync(a2, 1, assignments=[], instance="ia")
     old_join = h2.join(a2, instance="ia", now=1_000)  # leader rejoin -> rebalance, parked
     new_join = h2.join(instance="ia", now=1_010)
-    assert h2.joined(old_join).error == "FENCED_INSTANCE_ID"
+    assert kind(h2.joined(old_join).error) is FencedInstanceId
     assert h2.answer(new_join) is None  # waits for ib to rejoin
 
 
@@ -577,24 +606,25 @@ def test_group_validate_offset_commit():
     h = Harness()
     core = h.core
 
-    def check(group: str, generation: int, member: str) -> str | None:
+    def check(group: str, generation: int, member: str) -> GroupError | None:
         return core.validate_offset_commit(
             group, generation_id=generation, member_id=member, now_ms=0
         )
 
     assert check("simple", -1, "") is None
-    assert core.list_groups() == [("simple", "", EMPTY)]
-    assert check("unknown", 3, "m") == "ILLEGAL_GENERATION"
+    assert kind(check("", -1, "")) is InvalidGroupId
+    assert core.list_groups() == [GroupListing("simple", "", EMPTY)]  # none for ""
+    assert kind(check("unknown", 3, "m")) is IllegalGeneration
     outs = [h.join(client=c) for c in ("a", "b")]
     h.tick(300)
     h.tick(600)
     a, _ = (h.joined(o).member_id for o in outs)
-    assert check(G, 1, a) == "REBALANCE_IN_PROGRESS"  # joined but not synced yet
+    assert kind(check(G, 1, a)) is RebalanceInProgress  # joined but not synced yet
     h.sync(a, 1, assignments=[])
     assert check(G, 1, a) is None
-    assert check(G, 0, a) == "ILLEGAL_GENERATION"
-    assert check(G, 1, "ghost") == "UNKNOWN_MEMBER_ID"
-    assert check(G, -1, "") == "UNKNOWN_MEMBER_ID"  # a simple commit to a live group
+    assert kind(check(G, 0, a)) is IllegalGeneration
+    assert kind(check(G, 1, "ghost")) is UnknownMemberId
+    assert kind(check(G, -1, "")) is UnknownMemberId  # a simple commit to a live group
     h.join(client="c", now=700)
     assert check(G, 1, a) is None  # commit before rejoining, as eager consumers do
 
@@ -603,8 +633,11 @@ def test_group_list_groups_filters_by_state_case_insensitively():
     h = Harness()
     h.join(client="a")
     h.core.validate_offset_commit("simple", generation_id=-1, member_id="", now_ms=0)
-    assert h.core.list_groups() == [(G, "consumer", PREPARING_REBALANCE), ("simple", "", EMPTY)]
-    assert h.core.list_groups(["empty"]) == [("simple", "", EMPTY)]
+    assert h.core.list_groups() == [
+        GroupListing(G, "consumer", PREPARING_REBALANCE),
+        GroupListing("simple", "", EMPTY),
+    ]
+    assert h.core.list_groups(["empty"]) == [GroupListing("simple", "", EMPTY)]
     assert h.core.list_groups(["Stable"]) == []
 
 
@@ -646,8 +679,8 @@ def test_group_invalid_session_timeout_and_group_id():
         now_ms=0,
     )
     assert isinstance(out, JoinResult)
-    assert out.error == "INVALID_SESSION_TIMEOUT"
-    assert core.describe([""])[0].error == "INVALID_GROUP_ID"
+    assert kind(out.error) is InvalidSessionTimeout
+    assert kind(core.describe([""])[0].error) is InvalidGroupId
 
 
 def test_group_next_deadline_tracks_initial_delay_and_sessions():

@@ -17,13 +17,16 @@ from ray_stream.core.journal import (
     changes_to_json,
     decode_entry,
     encode_entry,
+)
+from ray_stream.core.keys import (
     journal_index,
     journal_key,
+    new_segment_key,
     segment_time_ms,
     snapshot_index,
     snapshot_key,
 )
-from ray_stream.core.segment import new_segment_key
+from ray_stream.core.metadata_api import CommitRequest
 from ray_stream.core.sequencer import (
     BatchRow,
     Changes,
@@ -35,7 +38,7 @@ from ray_stream.core.sequencer import (
     TransactionalRow,
     merge_changes,
 )
-from ray_stream.core.types import BatchEntry, BatchRef, CommitRequest, CommittedOffset, TopicInfo
+from ray_stream.core.types import BatchEntry, BatchRef, CommittedOffset, TopicInfo
 from ray_stream.errors import CorruptData, InternalError
 
 
@@ -239,8 +242,8 @@ def _seq_with_topic() -> Sequencer:
 
 
 def _request(key: str, *positions: int, partition: int = 0) -> CommitRequest:
-    entries = tuple(BatchEntry("t", partition, pos, 10, 2, 5, 5) for pos in positions)
-    return CommitRequest(key, 100, entries)
+    entries = [BatchEntry("t", partition, pos, 10, 2, 5, 5) for pos in positions]
+    return CommitRequest.of(key, 100, entries)
 
 
 def test_resent_request_gets_original_offsets_and_adds_nothing():
@@ -248,7 +251,7 @@ def test_resent_request_gets_original_offsets_and_adds_nothing():
     first, _ = seq.apply_commits([_request("segments/a.arrow", 0, 10)])
     seq.apply_commits([_request("segments/b.arrow", 0)])
     again, changes = seq.plan_commits([_request("segments/a.arrow", 0, 10)], retries=[True])
-    assert [(r.base_offset, r.duplicate) for r in again[0]] == [(0, True), (2, True)]
+    assert [(r.base_offset, r.duplicate) for r in again[0].results()] == [(0, True), (2, True)]
     assert [r.base_offset for r in first[0]] == [0, 2]
     assert changes.empty
 
@@ -258,7 +261,8 @@ def test_resend_in_the_same_round_is_a_duplicate_of_the_first():
     results, changes = seq.plan_commits(
         [_request("segments/a.arrow", 0), _request("segments/a.arrow", 0)], retries=[True, True]
     )
-    assert [(r[0].base_offset, r[0].duplicate) for r in results] == [(0, False), (0, True)]
+    firsts = [segment.results()[0] for segment in results]
+    assert [(r.base_offset, r.duplicate) for r in firsts] == [(0, False), (0, True)]
     assert len(changes.batches) == 1
 
 
@@ -266,7 +270,8 @@ def test_without_the_retry_flag_a_reused_key_appends_again():
     seq = _seq_with_topic()
     seq.apply_commits([_request("segments/a.arrow", 0)])
     results, changes = seq.plan_commits([_request("segments/a.arrow", 0)])
-    assert (results[0][0].base_offset, results[0][0].duplicate) == (2, False)
+    (first,) = results[0].results()
+    assert (first.base_offset, first.duplicate) == (2, False)
     assert len(changes.batches) == 1
 
 
@@ -274,7 +279,7 @@ def test_resend_of_an_entry_never_committed_is_committed_now():
     seq = _seq_with_topic()
     seq.apply_commits([_request("segments/a.arrow", 0)])
     results, changes = seq.plan_commits([_request("segments/a.arrow", 0, 10)], retries=[True])
-    assert [(r.base_offset, r.duplicate) for r in results[0]] == [(0, True), (2, False)]
+    assert [(r.base_offset, r.duplicate) for r in results[0].results()] == [(0, True), (2, False)]
     assert [b.ref.position for b in changes.batches] == [10]
     assert seq.is_referenced("segments/a.arrow")
     assert not seq.is_referenced("segments/zzz.arrow")

@@ -1,5 +1,6 @@
 """Admin handlers in-process: CreateTopics, DeleteTopics, CreatePartitions,
-DescribeConfigs, DescribeCluster (real MetadataActor, FakeBackend, no sockets)."""
+DescribeConfigs, DescribeCluster (the real agent core and metadata service in-process,
+``tests/fakes.py`` ``HandlerHarness``; no sockets)."""
 
 from __future__ import annotations
 

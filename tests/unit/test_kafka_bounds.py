@@ -22,7 +22,9 @@ def test_bounds_huge_array_count_is_corrupt_not_fatal():
 
 
 def test_bounds_huge_string_length_is_corrupt():
-    wire = encode_request(ApiKey.METADATA, 4, {"topics": [{"name": "abc"}], "allow_auto_topic_creation": False})
+    wire = encode_request(
+        ApiKey.METADATA, 4, {"topics": [{"name": "abc"}], "allow_auto_topic_creation": False}
+    )
     frame = bytearray(wire[4:])
     at = frame.index(b"\x00\x03abc")
     frame[at : at + 2] = b"\x7f\xff"  # string length 32767, 3 bytes present
@@ -32,8 +34,12 @@ def test_bounds_huge_string_length_is_corrupt():
 
 @pytest.mark.parametrize("version", [4, 9, 12])
 def test_bounds_valid_requests_still_parse(version):
-    values = {"topics": [{"name": "abc", "topic_id": None}], "allow_auto_topic_creation": False,
-              "include_topic_authorized_operations": False, "include_cluster_authorized_operations": False}
+    values = {
+        "topics": [{"name": "abc", "topic_id": None}],
+        "allow_auto_topic_creation": False,
+        "include_topic_authorized_operations": False,
+        "include_cluster_authorized_operations": False,
+    }
     wire = encode_request(ApiKey.METADATA, version, values)
     request = parse_request(wire[4:])
     assert [t.name for t in request.body.topics] == ["abc"]

@@ -1,5 +1,5 @@
 """Group handlers in-process: FindCoordinator, Join/Sync/Heartbeat/Leave, offsets,
-List/Describe/DeleteGroups (real MetadataActor with its group service, no sockets)."""
+List/Describe/DeleteGroups (the real MetadataService with its group service, no sockets)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from kio.schema.errors import ErrorCode
 
 from ray_stream.config import Settings
+from ray_stream.core.types import CommittedOffset, TopicPartition
 from ray_stream.errors import Unavailable
 from ray_stream.kafka.versions import ApiKey
 from tests.fakes import HandlerHarness, run_handlers
@@ -64,6 +65,7 @@ def test_handlers_offset_commit_and_multi_group_fetch(settings):
         c1 = await agent.call(ApiKey.OFFSET_COMMIT, 8, commit("g1", 5))
         c2 = await agent.call(ApiKey.OFFSET_COMMIT, 2, commit("g2", 7))
         huge = await agent.call(ApiKey.OFFSET_COMMIT, 8, commit("g1", 6, "x" * 5000))
+        no_id = await agent.call(ApiKey.OFFSET_COMMIT, 8, commit("", 1))
         multi = await agent.call(
             ApiKey.OFFSET_FETCH,
             8,
@@ -80,12 +82,15 @@ def test_handlers_offset_commit_and_multi_group_fetch(settings):
             1,
             {"group_id": "g2", "topics": [{"name": "t", "partition_indexes": [0]}]},
         )
-        return c1, c2, huge, multi, single
+        listed = await agent.meta.list_groups()
+        return c1, c2, huge, no_id, multi, single, listed
 
-    c1, c2, huge, multi, single = run_handlers(settings, scenario)
+    c1, c2, huge, no_id, multi, single, listed = run_handlers(settings, scenario)
     assert c1.topics[0].partitions[0].error_code == ErrorCode.none
     assert c2.topics[0].partitions[0].error_code == ErrorCode.none
     assert huge.topics[0].partitions[0].error_code == ErrorCode.offset_metadata_too_large
+    assert no_id.topics[0].partitions[0].error_code == ErrorCode.invalid_group_id
+    assert sorted(g.group_id for g in listed) == ["g1", "g2"]  # the refused commit made none
     g1, g2 = multi.groups
     assert [(p.partition_index, p.committed_offset) for p in g1.topics[0].partitions] == [
         (0, 5),
@@ -98,6 +103,7 @@ def test_handlers_offset_commit_and_multi_group_fetch(settings):
 
 def test_handlers_group_lifecycle_join_sync_heartbeat_describe_leave_delete(settings):
     async def scenario(agent: HandlerHarness) -> Any:
+        await agent.meta.create_topic("t", 1)
         join = {
             "group_id": "g",
             "session_timeout": 10000,
@@ -143,7 +149,7 @@ def test_handlers_group_lifecycle_join_sync_heartbeat_describe_leave_delete(sett
             ApiKey.DESCRIBE_GROUPS, 5, {"groups": ["g"], "include_authorized_operations": False}
         )
         busy = await agent.call(ApiKey.DELETE_GROUPS, 2, {"groups_names": ["g"]})
-        await agent.call(
+        committed = await agent.call(
             ApiKey.OFFSET_COMMIT,
             8,
             {
@@ -166,6 +172,7 @@ def test_handlers_group_lifecycle_join_sync_heartbeat_describe_leave_delete(sett
                 ],
             },
         )
+        before = await agent.meta.fetch_offsets("g")
         left = await agent.call(
             ApiKey.LEAVE_GROUP,
             5,
@@ -178,11 +185,37 @@ def test_handlers_group_lifecycle_join_sync_heartbeat_describe_leave_delete(sett
         )
         deleted = await agent.call(ApiKey.DELETE_GROUPS, 2, {"groups_names": ["g"]})
         offsets = await agent.meta.fetch_offsets("g")
-        return first, joined, sync, beat, stale, listed, described, busy, left, deleted, offsets
+        return (
+            first,
+            joined,
+            sync,
+            beat,
+            stale,
+            listed,
+            described,
+            busy,
+            committed,
+            before,
+            left,
+            deleted,
+            offsets,
+        )
 
-    first, joined, sync, beat, stale, listed, described, busy, left, deleted, offsets = (
-        run_handlers(settings, scenario)
-    )
+    (
+        first,
+        joined,
+        sync,
+        beat,
+        stale,
+        listed,
+        described,
+        busy,
+        committed,
+        before,
+        left,
+        deleted,
+        offsets,
+    ) = run_handlers(settings, scenario)
     assert first.error_code == ErrorCode.member_id_required
     assert first.member_id
     assert joined.error_code == ErrorCode.none
@@ -198,18 +231,20 @@ def test_handlers_group_lifecycle_join_sync_heartbeat_describe_leave_delete(sett
     assert group.members[0].client_id == "test-client"
     assert group.members[0].client_host == "/127.0.0.1"
     assert busy.results[0].error_code == ErrorCode.non_empty_group
+    assert committed.topics[0].partitions[0].error_code == ErrorCode.none  # a member's commit
+    assert before == {TopicPartition("t", 0): CommittedOffset(3, "", -1)}
     assert left.error_code == ErrorCode.none
     assert left.members[0].error_code == ErrorCode.none
     assert deleted.results[0].error_code == ErrorCode.none
     assert offsets == {}  # DeleteGroups also dropped the committed offsets
 
 
-def test_handlers_group_service_down_means_coordinator_not_available(settings):
+def test_handlers_group_service_down_means_coordinator_not_available(settings, monkeypatch):
     async def scenario(agent: HandlerHarness) -> Any:
         async def down(*args: Any, **kwargs: Any) -> Any:
             raise Unavailable("metadata actor restarting")
 
-        agent.meta.heartbeat = down  # the handlers share this object
+        monkeypatch.setattr(agent.meta, "heartbeat", down)  # the handlers share this object
         return await agent.call(
             ApiKey.HEARTBEAT,
             4,

@@ -1,4 +1,5 @@
-"""Consumer groups over real TCP with real clients (fake agents, real metadata actor)."""
+"""Consumer groups over real TCP with real clients (real in-process agents and metadata
+service, no Ray)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from ray_stream.config import Settings
+from ray_stream.core.types import TopicPartition
 from tests.fakes import KafkaTestCluster
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -104,8 +106,10 @@ def test_groups_three_consumers_share_six_partitions_through_leave_join_and_rest
         consumer.close()
 
     committed = cluster.run(cluster.meta.fetch_offsets(group))
-    ends = {p: cluster.run(cluster.meta.list_offset(topic, p, -1))[0] for p in range(6)}
-    assert {p: committed[(topic, p)].offset for p in range(6)} == ends
+    latest = cluster.run(cluster.meta.list_offsets([(topic, p, -1) for p in range(6)]))
+    assert [answer.error for answer in latest] == [None] * 6
+    ends = {p: answer.offset for p, answer in enumerate(latest)}
+    assert {p: committed[TopicPartition(topic, p)].offset for p in range(6)} == ends
 
     _produce(cluster, topic, range(600, 660))
     restarted = [_consumer(cluster, group, topic)]
@@ -134,6 +138,7 @@ def test_groups_admin_lists_describes_and_deletes_a_group(cluster):
         1,
     ]
     consumer.close()
+    assert cluster.run(cluster.meta.fetch_offsets(group))  # it committed what it read
     assert admin.delete_consumer_groups([group])[group].result(10) is None
     assert cluster.run(cluster.meta.fetch_offsets(group)) == {}
 

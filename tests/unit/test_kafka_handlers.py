@@ -1,9 +1,11 @@
 """Core Kafka handlers in-process: ApiVersions, Metadata, Produce, Fetch, ListOffsets,
 InitProducerId, and the error mapping (no sockets).
 
-Each test runs one event loop with a real MetadataActor on a temp dir behind a
-FakeBackend; every response is encoded and decoded again, so what is asserted is what a
-client would read off the wire.
+Each test runs one event loop with the real agent core (``LogService``) over a
+``MemoryStore`` and the real ``MetadataService`` (``tests/fakes.py`` ``HandlerHarness``);
+every response is encoded and decoded again, so what is asserted is what a client would
+read off the wire. The fetch path's metadata-call budget is counted through
+``HandlerHarness.meta`` (a ``CountingMetadata`` around the service).
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from kio.schema.errors import ErrorCode
 
 from ray_stream.config import Settings
 from ray_stream.core.types import BrokerInfo
-from ray_stream.errors import InvalidTopic, OffsetOutOfRange, StorageUnavailable
-from ray_stream.kafka.errors_map import error_code, group_error_code
+from ray_stream.errors import (
+    InvalidTopic,
+    OffsetOutOfRange,
+    RebalanceInProgress,
+    StorageUnavailable,
+    UnknownMemberId,
+)
+from ray_stream.kafka.errors_map import error_code
 from ray_stream.kafka.handlers import partition_leader
 from ray_stream.kafka.records import Record, decode_batch, encode_batch, split_batches
 from ray_stream.kafka.versions import ApiKey
-from tests.fakes import HandlerHarness, fetch_request, run_handlers
+from tests.fakes import HandlerHarness, fetch_request, make_agent, run_handlers
 
 NOW_MS = 1_700_000_000_000
 
@@ -142,11 +150,51 @@ def test_handlers_produce_rejects_a_corrupt_crc(settings):
 
     async def scenario(agent: HandlerHarness) -> Any:
         await agent.meta.create_topic("t", 1)
-        return await agent.produce("t", 0, bytes(data)), agent.backend.produce_calls
+        response = await agent.produce("t", 0, bytes(data))
+        await agent.backend.drain()
+        latest = (await agent.meta.list_offsets([("t", 0, -1)]))[0]
+        return response, latest, await agent.fetch("t", 0, 0)
 
-    response, calls = run_handlers(settings, scenario)
+    response, latest, fetched = run_handlers(settings, scenario)
     assert response.error_code == ErrorCode.corrupt_message
-    assert calls == []  # nothing reached the agent
+    assert response.base_offset == -1
+    assert (latest.error, latest.offset) == (None, 0)  # nothing was committed
+    assert (fetched.error_code, fetched.high_watermark, fetched.records) == (0, 0, b"")
+
+
+def test_handlers_produce_corrupt_batch_refuses_its_partition_only(settings):
+    corrupt = bytearray(batch(b"bad"))
+    corrupt[-1] ^= 0xFF
+
+    async def scenario(agent: HandlerHarness) -> Any:
+        await agent.meta.create_topic("t", 2)
+        response = await agent.call(
+            ApiKey.PRODUCE,
+            9,
+            {
+                "transactional_id": None,
+                "acks": -1,
+                "timeout": 5000,
+                "topic_data": [
+                    {
+                        "name": "t",
+                        "partition_data": [
+                            {"index": 0, "records": batch(b"good") + bytes(corrupt)},
+                            {"index": 1, "records": batch(b"other")},
+                        ],
+                    }
+                ],
+            },
+        )
+        latest = await agent.meta.list_offsets([("t", 0, -1), ("t", 1, -1)])
+        return response.responses[0].partition_responses, [a.offset for a in latest]
+
+    parts, latest = run_handlers(settings, scenario)
+    assert [(p.index, p.error_code, p.base_offset) for p in parts] == [
+        (0, ErrorCode.corrupt_message, -1),
+        (1, ErrorCode.none, 0),
+    ]
+    assert latest == [0, 1]  # partition 0's good batch was refused with its record set
 
 
 def test_handlers_produce_rejects_garbage_records(settings):
@@ -199,7 +247,7 @@ def test_handlers_produce_sends_all_partitions_in_one_backend_call(settings):
                 ],
             },
         )
-        return response, agent.backend.produce_calls
+        return response, agent.produce_calls
 
     response, calls = run_handlers(settings, scenario)
     assert len(calls) == 1
@@ -224,9 +272,10 @@ def test_handlers_produce_acks_zero_has_no_response_but_is_written(settings):
     async def scenario(agent: HandlerHarness) -> Any:
         await agent.meta.create_topic("t", 1)
         response = await agent.produce("t", 0, batch(b"fire"), acks=0)
-        return response, await agent.meta.list_offset("t", 0, -1)
+        await agent.backend.drain()  # acks=0 is answered before the flush; wait it out
+        return response, (await agent.meta.list_offsets([("t", 0, -1)]))[0].offset
 
-    response, (latest, _) = run_handlers(settings, scenario)
+    response, latest = run_handlers(settings, scenario)
     assert response is None
     assert latest == 1
 
@@ -254,9 +303,10 @@ def test_handlers_produce_idempotent_retry_is_acknowledged_once(settings):
         gap = await agent.produce(
             "t", 0, batch(b"c", producer_id=pid, producer_epoch=epoch, base_sequence=5)
         )
-        return init, first, again, gap, await agent.meta.list_offset("t", 0, -1)
+        latest = (await agent.meta.list_offsets([("t", 0, -1)]))[0].offset
+        return init, first, again, gap, latest
 
-    init, first, again, gap, (latest, _) = run_handlers(settings, scenario)
+    init, first, again, gap, latest = run_handlers(settings, scenario)
     assert init.error_code == ErrorCode.none
     assert init.producer_id >= 0
     assert first.base_offset == again.base_offset == 0
@@ -272,7 +322,7 @@ def test_handlers_produce_backend_failure_fails_only_that_request(settings):
         async def broken(entries: Any, acks: int) -> Any:
             raise StorageUnavailable("PUT failed")
 
-        agent.backend.produce = broken  # type: ignore[method-assign]
+        agent.backend.produce = broken  # type: ignore[method-assign,assignment]
         return await agent.produce("t", 0, batch(b"a"))
 
     response = run_handlers(settings, scenario)
@@ -296,7 +346,7 @@ def test_handlers_fetch_passes_wait_and_sizes_to_the_backend(settings):
     async def scenario(agent: HandlerHarness) -> Any:
         await agent.meta.create_topic("t", 1)
         await agent.fetch("t", 0, 0, max_wait_ms=20, min_bytes=7)
-        return agent.backend.fetch_calls[-1]
+        return agent.fetch_calls[-1]
 
     call = run_handlers(settings, scenario)
     assert call == {
@@ -307,21 +357,101 @@ def test_handlers_fetch_passes_wait_and_sizes_to_the_backend(settings):
     }
 
 
+async def until_locating(agent: HandlerHarness, waiting: asyncio.Task[Any]) -> None:
+    """Yield to the loop until the fetch ``waiting`` is inside its ``locate`` call."""
+    for _ in range(1000):
+        if agent.meta.calls.get("locate") or waiting.done():
+            break
+        await asyncio.sleep(0)
+    for _ in range(10):  # let the call reach the service's long poll
+        await asyncio.sleep(0)
+    assert agent.meta.calls.get("locate") == 1
+    assert not waiting.done()  # it is long-polling, not answered empty
+
+
 def test_handlers_fetch_long_poll_is_woken_by_a_commit(settings):
     async def scenario(agent: HandlerHarness) -> Any:
         await agent.meta.create_topic("t", 1)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        waiting = asyncio.create_task(agent.fetch("t", 0, 0, max_wait_ms=10_000))
-        await asyncio.sleep(0.05)
+        agent.meta.reset()
+        waiting = asyncio.create_task(agent.fetch("t", 0, 0, max_wait_ms=600_000))
+        await until_locating(agent, waiting)
         await agent.produce("t", 0, batch(b"wake"))
-        result = await asyncio.wait_for(waiting, 5)
-        return result, loop.time() - started
+        # Bounded far below max_wait: only the commit can have answered it in time.
+        return await asyncio.wait_for(waiting, 10)
 
-    result, elapsed = run_handlers(settings, scenario)
-    assert result.high_watermark == 1
-    assert result.records
-    assert elapsed < 5  # answered by the commit, long before max_wait
+    result = run_handlers(settings, scenario)
+    assert (result.error_code, result.high_watermark) == (ErrorCode.none, 1)
+    assert [r.value for r in decode_batch(result.records)] == [b"wake"]
+
+
+# ------------------------------------------------- Fetch: metadata calls per request
+def fetch_partitions(topic: str, offsets: dict[int, int], *, max_wait_ms: int) -> dict[str, Any]:
+    """A Fetch v11 request for several partitions of one topic (partition -> offset)."""
+    request = fetch_request(topic, 0, 0, max_wait_ms, 1)
+    template = request["topics"][0]["partitions"][0]
+    request["topics"][0]["partitions"] = [
+        template | {"partition": p, "fetch_offset": o} for p, o in offsets.items()
+    ]
+    return request
+
+
+def test_handlers_fetch_of_eight_caught_up_partitions_costs_one_locate(settings):
+    async def scenario(agent: HandlerHarness) -> Any:
+        await agent.meta.create_topic("t", 8)
+        for p in range(8):
+            assert (await agent.produce("t", p, batch(b"%d" % p))).error_code == 0
+        agent.meta.reset()
+        response = await agent.call(
+            ApiKey.FETCH, 11, fetch_partitions("t", dict.fromkeys(range(8), 1), max_wait_ms=50)
+        )
+        return response, agent.meta.per_request()
+
+    response, calls = run_handlers(settings, scenario)
+    parts = response.responses[0].partitions
+    assert [(p.partition_index, p.error_code, p.high_watermark) for p in parts] == [
+        (p, 0, 1) for p in range(8)
+    ]
+    assert all(p.records in (None, b"") for p in parts)  # nothing new: the long poll ran out
+    assert sum(calls.values()) <= 2  # the issue's budget
+    assert calls == {"locate": 1}  # one for all 8 partitions, waiting inside it
+
+
+def test_handlers_fetch_of_what_the_agent_just_wrote_costs_no_metadata_call(settings):
+    async def scenario(agent: HandlerHarness) -> Any:
+        await agent.meta.create_topic("t", 1)
+        await agent.produce("t", 0, batch(b"a", b"b"))
+        await agent.produce("t", 0, batch(b"c"))
+        agent.meta.reset()
+        fetched = await agent.fetch("t", 0, 0, max_wait_ms=500)
+        return fetched, agent.meta.per_request()
+
+    fetched, calls = run_handlers(settings, scenario)
+    assert (fetched.error_code, fetched.high_watermark) == (ErrorCode.none, 3)
+    values = [r.value for b in split_batches(fetched.records) for r in decode_batch(b)]
+    assert values == [b"a", b"b", b"c"]
+    assert calls == {}
+
+
+def test_handlers_fetch_of_another_agents_data_costs_one_locate_then_none(settings):
+    async def scenario(agent: HandlerHarness) -> Any:
+        await agent.meta.create_topic("t", 1)
+        other = make_agent(settings, agent.service, agent.store, node_id=1)
+        results = await other.produce([("t", 0, batch(b"x", b"y")), ("t", 0, batch(b"z"))])
+        assert [r.error for r in results] == [None, None]
+        agent.meta.reset()
+        first = await agent.fetch("t", 0, 0, max_wait_ms=500)
+        first_calls = agent.meta.per_request()
+        agent.meta.reset()
+        second = await agent.fetch("t", 0, 0, max_wait_ms=500)
+        return first, first_calls, second, agent.meta.per_request()
+
+    first, first_calls, second, second_calls = run_handlers(settings, scenario)
+    for fetched in (first, second):
+        assert (fetched.error_code, fetched.high_watermark) == (ErrorCode.none, 3)
+        values = [r.value for b in split_batches(fetched.records) for r in decode_batch(b)]
+        assert values == [b"x", b"y", b"z"]
+    assert first_calls == {"locate": 1}
+    assert second_calls == {}  # the first locate taught the agent the locations
 
 
 def test_handlers_fetch_v13_addresses_topics_by_id(settings):
@@ -407,9 +537,8 @@ def test_errors_map_maps_kinds_and_names():
         pass
 
     assert error_code(Wrapped("x")) == ErrorCode.offset_out_of_range
-    assert group_error_code("REBALANCE_IN_PROGRESS") == ErrorCode.rebalance_in_progress
-    assert group_error_code("NOT_A_REAL_ERROR") == ErrorCode.unknown_server_error
-    assert group_error_code(None) == ErrorCode.none
+    assert error_code(RebalanceInProgress("x")) == ErrorCode.rebalance_in_progress
+    assert error_code(UnknownMemberId("x")) == ErrorCode.unknown_member_id
 
 
 def test_handlers_cover_every_served_api(settings):

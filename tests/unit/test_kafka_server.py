@@ -1,8 +1,9 @@
 """The Kafka listener over real TCP on 127.0.0.1 with real client libraries.
 
-No Ray: fake agents (``tests/fakes.py``) over a real MetadataActor run in a background
-thread's event loop; confluent-kafka (librdkafka), kafka-python and aiokafka connect to
-them. Also raw-socket tests for ordering and bad input.
+No Ray: the real agent core (``LogService``) over a ``MemoryStore`` and the real
+``MetadataService`` (``tests/fakes.py``) runs in a background thread's event loop;
+confluent-kafka (librdkafka), kafka-python and aiokafka connect to it. Also raw-socket
+tests for ordering and bad input.
 """
 
 from __future__ import annotations
@@ -45,13 +46,21 @@ def topic(cluster) -> str:
 
 
 def _all_batches(cluster: KafkaTestCluster, topic: str) -> list[bytes]:
+    """Every batch the agents were given for ``topic`` (as the handlers passed it on)."""
     return [
         b
-        for backend in cluster.backends
-        for entries, _ in backend.produce_calls
+        for agent_calls in cluster.produce_calls
+        for entries, _ in agent_calls
         for t, _, b in entries
         if t == topic
     ]
+
+
+async def _latest(meta: Any, topic: str, partition: int) -> int:
+    """The partition's high watermark (ListOffsets "latest")."""
+    (answer,) = await meta.list_offsets([(topic, partition, -1)])
+    assert answer.error is None
+    return int(answer.offset)
 
 
 def _consume_confluent(bootstrap: str, topic: str, partitions: int, count: int) -> list[Any]:
@@ -111,7 +120,7 @@ def test_server_confluent_idempotent_producer(cluster, topic):
     assert producer.flush(20) == 0
     batches = _all_batches(cluster, topic)
     assert all(parse_batch_header(b).producer_id >= 0 for b in batches)
-    assert cluster.run(cluster.meta.list_offset(topic, 0, -1))[0] == 200
+    assert cluster.run(_latest(cluster.meta, topic, 0)) == 200
 
 
 def test_server_confluent_admin_creates_lists_and_deletes(cluster):
@@ -239,12 +248,14 @@ def _assert_server_healthy(cluster: KafkaTestCluster) -> None:
 
 
 def test_server_answers_pipelined_requests_in_order_despite_a_long_poll(cluster, topic):
+    from ray_stream.kafka.records import Record, decode_batch, encode_batch
+
     fetch = encode_request(
         ApiKey.FETCH,
         11,
         {
             "replica_id": -1,
-            "max_wait": 400,
+            "max_wait": 600_000,
             "min_bytes": 1,
             "max_bytes": 1 << 20,
             "isolation_level": 0,
@@ -269,15 +280,44 @@ def test_server_answers_pipelined_requests_in_order_despite_a_long_poll(cluster,
         },
         correlation_id=10,
     )
-    client = RawClient(cluster.ports[1])
-    client.send(fetch + _api_versions(11) + _api_versions(12, version=0))
-    started = time.monotonic()
+    fetches = cluster.fetch_calls[1]
+    before = len(fetches)
+    client = RawClient(cluster.ports[1])  # its read timeout (10 s) bounds the long poll
+    client.send(fetch)
+    deadline = time.monotonic() + 10
+    while not any(c["requests"][0][0] == topic for c in fetches[before:]):
+        assert time.monotonic() < deadline, "the fetch never reached the agent"
+        time.sleep(0.01)
+    # The fetch is long-polling (nothing to read yet); pipeline two quick requests
+    # behind it, then make the data it waits for appear through the other agent.
+    client.send(_api_versions(11) + _api_versions(12, version=0))
+    producer = RawClient(cluster.ports[0])
+    produce = {
+        "transactional_id": None,
+        "acks": -1,
+        "timeout": 5000,
+        "topic_data": [
+            {
+                "name": topic,
+                "partition_data": [
+                    {"index": 0, "records": encode_batch([Record(b"wake")], now_ms=1)}
+                ],
+            }
+        ],
+    }
+    producer.send(encode_request(ApiKey.PRODUCE, 9, produce, correlation_id=20))
+    acked = decode_response(ApiKey.PRODUCE, 9, producer.read_frame())[1]
+    producer.close()
+    assert acked.responses[0].partition_responses[0].error_code == 0
     first, second, third = (client.read_frame() for _ in range(3))
-    assert time.monotonic() - started >= 0.3  # the fetch long-polled, and went first
-    assert decode_response(ApiKey.FETCH, 11, first)[0] == 10
+    client.close()
+    correlation_id, fetched = decode_response(ApiKey.FETCH, 11, first)
+    assert correlation_id == 10  # the long poll's answer went first, as it was asked first
+    part = fetched.responses[0].partitions[0]
+    assert (part.error_code, part.high_watermark) == (0, 1)
+    assert [r.value for r in decode_batch(part.records)] == [b"wake"]  # woken by the commit
     assert decode_response(ApiKey.API_VERSIONS, 3, second)[0] == 11
     assert decode_response(ApiKey.API_VERSIONS, 0, third)[0] == 12
-    client.close()
 
 
 def test_server_unserved_api_versions_version_gets_v0_error_and_connection_stays(cluster):
@@ -339,9 +379,13 @@ def test_server_survives_a_truncated_frame_and_client_disconnects(cluster):
 def test_server_idempotent_retry_over_the_wire_does_not_duplicate(cluster, topic):
     from ray_stream.kafka.records import Record, encode_batch
 
-    pid, epoch = cluster.run(cluster.meta.init_producer_id(None))
+    identity = cluster.run(cluster.meta.init_producer_id(None))
     records = encode_batch(
-        [Record(b"once")], now_ms=1, producer_id=pid, producer_epoch=epoch, base_sequence=0
+        [Record(b"once")],
+        now_ms=1,
+        producer_id=identity.producer_id,
+        producer_epoch=identity.epoch,
+        base_sequence=0,
     )
     produce = {
         "transactional_id": None,
@@ -356,7 +400,7 @@ def test_server_idempotent_retry_over_the_wire_does_not_duplicate(cluster, topic
     client.close()
     parts = [a.responses[0].partition_responses[0] for a in answers]
     assert [(p.error_code, p.base_offset) for p in parts] == [(0, 0), (0, 0)]
-    assert cluster.run(cluster.meta.list_offset(topic, 1, -1))[0] == 1
+    assert cluster.run(_latest(cluster.meta, topic, 1)) == 1
     assert len(split_batches(b"".join(_all_batches(cluster, topic)))) == 2  # both reached the agent
 
 
@@ -374,7 +418,7 @@ def test_server_acks_zero_produce_survives_an_immediate_disconnect(cluster, topi
     client.send(encode_request(ApiKey.PRODUCE, 7, produce, correlation_id=1))
     client.close()  # no response is due; the write must still happen
     deadline = time.monotonic() + 10
-    while cluster.run(cluster.meta.list_offset(topic, 2, -1))[0] != 1:
+    while cluster.run(_latest(cluster.meta, topic, 2)) != 1:
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
@@ -417,14 +461,18 @@ def test_server_produce_that_arrives_together_with_eof_still_runs(tmp_path):
     from ray_stream.kafka.handlers import KafkaHandlers
     from ray_stream.kafka.records import Record, encode_batch
     from ray_stream.server.kafka_server import _Connection
-    from tests.fakes import FakeBackend, make_meta
+    from ray_stream.storage.memory import MemoryStore
+    from tests.fakes import make_agent, make_meta, record_calls
 
     settings = Settings(data_dir=str(tmp_path))
 
     async def scenario() -> tuple[int, int]:
-        backend = FakeBackend(settings, make_meta(settings))
+        store = MemoryStore()
+        meta = make_meta(settings, store=store)
+        backend = make_agent(settings, meta, store)
         backend.address = BrokerInfo(0, "127.0.0.1", 9092)
-        await backend.meta.create_topic("t", 1)
+        produced, _ = record_calls(backend)
+        await meta.create_topic("t", 1)
         produce = {
             "transactional_id": None,
             "acks": 0,
@@ -444,12 +492,13 @@ def test_server_produce_that_arrives_together_with_eof_still_runs(tmp_path):
         sink = _SinkWriter()
         connection = _Connection(KafkaHandlers(backend), reader, sink, max_frame_bytes=1 << 20)  # type: ignore[arg-type]
         await connection.run()
-        for _ in range(200):
-            if (await backend.meta.list_offset("t", 0, -1))[0] == 1:
+        for _ in range(1000):  # the produce task runs on after the connection ended
+            if produced:
                 break
-            await asyncio.sleep(0.01)
-        latest = (await backend.meta.list_offset("t", 0, -1))[0]
-        await backend.meta.close()
+            await asyncio.sleep(0)
+        await backend.drain()  # acks=0 was answered at buffering: wait for its flush
+        latest = await _latest(meta, "t", 0)
+        await meta.close()
         return latest, len(sink.data)
 
     latest, written = asyncio.run(scenario())
@@ -462,7 +511,8 @@ def test_server_bounds_the_request_bytes_in_flight_per_connection(tmp_path, monk
     from ray_stream.kafka.handlers import KafkaHandlers
     from ray_stream.kafka.records import Record, encode_batch
     from ray_stream.server import kafka_server
-    from tests.fakes import FakeBackend, make_meta
+    from ray_stream.storage.memory import MemoryStore
+    from tests.fakes import make_agent, make_meta
 
     settings = Settings(data_dir=str(tmp_path))
     records = encode_batch([Record(bytes(1000))], now_ms=1)
@@ -476,18 +526,20 @@ def test_server_bounds_the_request_bytes_in_flight_per_connection(tmp_path, monk
     monkeypatch.setattr(kafka_server, "MAX_IN_FLIGHT_BYTES", 2 * len(frames[0]) + 10)
 
     async def scenario() -> tuple[int, list[int]]:
-        backend = FakeBackend(settings, make_meta(settings))
+        store = MemoryStore()
+        meta = make_meta(settings, store=store)
+        backend = make_agent(settings, meta, store)
         backend.address = BrokerInfo(0, "127.0.0.1", 9092)
-        await backend.meta.create_topic("t", 1)
+        await meta.create_topic("t", 1)
         gate, started = asyncio.Event(), []
         real_produce = backend.produce
 
-        async def gated(entries: Any, acks: int) -> Any:
+        async def gated(entries: Any, acks: int = -1) -> Any:
             started.append(len(entries))
             await gate.wait()
             return await real_produce(entries, acks)
 
-        backend.produce = gated  # type: ignore[method-assign]
+        backend.produce = gated  # type: ignore[method-assign,assignment]
         reader, sink = asyncio.StreamReader(), _SinkWriter()
         reader.feed_data(b"".join(frames))
         connection = kafka_server._Connection(
@@ -506,7 +558,7 @@ def test_server_bounds_the_request_bytes_in_flight_per_connection(tmp_path, monk
             await asyncio.sleep(0.01)
         reader.feed_eof()
         await running
-        await backend.meta.close()
+        await meta.close()
         return admitted, correlation_ids
 
     admitted, correlation_ids = asyncio.run(scenario())

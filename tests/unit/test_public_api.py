@@ -34,9 +34,49 @@ def test_errors_pickle_with_kind_and_message(cls):
     assert back.retryable == cls.retryable
 
 
+GROUP_ERRORS = [cls for cls in ERROR_CLASSES if issubclass(cls, errors.GroupError)]
+
+
+def test_every_exception_errors_py_defines_is_in_the_hierarchy():
+    defined = {
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, BaseException) and cls.__module__ == errors.__name__
+    }
+    assert defined == set(ERROR_CLASSES)  # so the pickle test above covers each one
+    assert {c.__name__ for c in GROUP_ERRORS} >= {
+        "GroupError",
+        "UnknownMemberId",
+        "IllegalGeneration",
+        "RebalanceInProgress",
+        "MemberIdRequired",
+        "InconsistentGroupProtocol",
+        "FencedInstanceId",
+        "InvalidGroupId",
+        "InvalidSessionTimeout",
+        "GroupIdNotFound",
+        "NonEmptyGroup",
+    }
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [c for c in GROUP_ERRORS if c is not errors.GroupError] + [errors.CoordinatorNotAvailable],
+    ids=lambda c: c.__name__,
+)
+def test_group_error_names_the_kafka_error_it_stands_for(cls):
+    from ray_stream.kafka.errors_map import error_code
+
+    snake = "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in cls.__name__).lstrip("_")
+    back = pickle.loads(pickle.dumps(cls("m")))
+    assert error_code(back).name == snake
+
+
 def test_retryable_kinds():
-    assert errors.Unavailable("x").retryable and errors.StorageUnavailable("x").retryable
-    assert not errors.InvalidRequest("x").retryable and not errors.CorruptData("x").retryable
+    assert errors.Unavailable("x").retryable
+    assert errors.StorageUnavailable("x").retryable
+    assert not errors.InvalidRequest("x").retryable
+    assert not errors.CorruptData("x").retryable
 
 
 def test_settings_reject_bad_values_naming_the_key():

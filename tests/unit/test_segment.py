@@ -1,4 +1,4 @@
-"""Segment files: Arrow IPC layout, exact payload positions, ULID keys."""
+"""Segment files: Arrow IPC layout, exact payload positions, ULID keys (core/keys.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ray_stream.core.keys import new_segment_key
 from ray_stream.core.segment import (
     FORMAT_VERSION,
     SCHEMA,
     SegmentBatch,
     build_segment,
-    new_segment_key,
     read_segment,
 )
 from ray_stream.errors import CorruptData, InvalidRequest

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from ray_stream.core.metadata_api import CommitRequest
 from ray_stream.core.sequencer import (
     MAX_PARTITIONS,
     REMEMBERED_BATCHES,
@@ -14,7 +15,7 @@ from ray_stream.core.sequencer import (
     Sequencer,
 )
 from ray_stream.core.topic_name import validate_topic_name
-from ray_stream.core.types import BatchEntry, CommitRequest, CommittedOffset
+from ray_stream.core.types import BatchEntry, CommittedOffset
 from ray_stream.errors import (
     InvalidConfig,
     InvalidPartitions,
@@ -57,7 +58,7 @@ def entry(
 
 
 def request(*entries: BatchEntry, key: str = "segments/a.arrow") -> CommitRequest:
-    return CommitRequest(key, sum(e.length for e in entries), tuple(entries))
+    return CommitRequest.of(key, sum(e.length for e in entries), entries)
 
 
 def commit(s: Sequencer, *entries: BatchEntry, key: str = "segments/a.arrow"):
@@ -413,6 +414,31 @@ def test_locate_ref_fields_point_into_the_segment():
     assert ref.last_offset == 1
 
 
+def test_locate_many_answers_each_position_in_order_with_its_own_error():
+    seq = make_seq(t=2)
+    commit(seq, entry(0, 2, length=10), entry(1, 1, length=20), entry(0, 1, length=30))
+    answer = seq.locate_many(
+        [
+            ("t", 0, 0, 1000),
+            ("nope", 0, 0, 1000),
+            ("t", 1, 5, 1000),
+            ("t", 1, 0, 1000),
+            ("t", 0, 2, 1000),
+        ],
+        catalog_version=7,
+    )
+    assert set(answer.errors) == {1, 2}
+    assert isinstance(answer.errors[1], UnknownTopicOrPartition)
+    assert isinstance(answer.errors[2], OffsetOutOfRange)
+    assert answer.batches(0) == list(seq.locate("t", 0, 0, 1000).batches)
+    assert [b.base_offset for b in answer.batches(0)] == [0, 2]
+    assert answer.batches(1) == answer.batches(2) == []
+    assert [(b.base_offset, b.length) for b in answer.batches(3)] == [(0, 20)]
+    assert [b.base_offset for b in answer.batches(4)] == [2]
+    assert list(answer.high_watermark) == [3, -1, -1, 1, 3]
+    assert answer.catalog_version == 7
+
+
 # ------------------------------------------------------------- list_offset
 def test_list_offset_earliest_and_latest():
     seq = make_seq(t=1)
@@ -443,6 +469,35 @@ def test_list_offset_rejects_other_negative_timestamps():
         seq.list_offset("t", 0, -7)
     with pytest.raises(UnknownTopicOrPartition):
         seq.list_offset("t", 3, -1)
+
+
+def test_list_offsets_answers_each_query_with_its_own_error():
+    seq = make_seq(t=1)
+    commit(seq, entry(0, 2, ts=100), entry(0, 3, ts=300))
+    answers = seq.list_offsets(
+        [("t", 0, -2), ("t", 0, -1), ("t", 0, -3), ("t", 0, 150), ("nope", 0, -1), ("t", 0, -7)]
+    )
+    assert [(a.offset, a.timestamp, a.error) for a in answers[:4]] == [
+        (0, -1, None),
+        (5, -1, None),
+        (4, 300, None),  # KIP-734: the newest batch's last offset and its max timestamp
+        (2, 300, None),
+    ]
+    assert isinstance(answers[4].error, UnknownTopicOrPartition)
+    assert isinstance(answers[5].error, InvalidRequest)
+
+
+def test_list_offsets_max_timestamp_finds_the_largest_timestamp_not_the_newest_batch():
+    seq = make_seq(t=1)
+    commit(seq, entry(0, 2, ts=100), entry(0, 3, ts=500), entry(0, 1, ts=200), entry(0, 2, ts=500))
+    (answer,) = seq.list_offsets([("t", 0, -3)])
+    assert (answer.offset, answer.timestamp) == (4, 500)  # the first batch holding 500
+
+
+def test_list_offsets_max_timestamp_of_an_empty_partition_is_not_found():
+    seq = make_seq(t=1)
+    (answer,) = seq.list_offsets([("t", 0, -3)])
+    assert (answer.offset, answer.timestamp, answer.error) == (-1, -1, None)
 
 
 # ------------------------------------------------------------ group offsets
