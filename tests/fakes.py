@@ -170,6 +170,10 @@ class KafkaTestCluster:
     def ports(self) -> list[int]:
         return [a.address.port for a in self.agents if a.address]
 
+    def fetches_seen(self, index: int) -> int:
+        """How many fetches agent ``index`` has been asked for so far."""
+        return len(self.fetch_calls[index])
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         """Run ``coro`` on the cluster's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

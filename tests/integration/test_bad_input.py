@@ -84,16 +84,27 @@ def test_record_over_size_limit_is_rejected(cluster):
     _still_serves(cluster)
 
 
-def test_oversized_raw_batch_fails_only_that_batch(cluster):
+def test_oversized_raw_batch_fails_its_partition_and_nothing_else(cluster):
+    """A partition's batches of one call are appended together or not at all (as Kafka
+    appends a partition's record set): the small batch behind the oversized one is
+    refused with it, so a resend keeps their order; another partition is written."""
     from ray_stream.kafka.records import Record, encode_batch
 
+    cluster.create_topic("two-parts", 2)
     big = encode_batch([Record(value=b"y" * (70 * 1024))], now_ms=0)
     small = encode_batch([Record(value=b"fine")], now_ms=0)
+    other = encode_batch([Record(value=b"other")], now_ms=0)
     results = ray_stream.actors.handles.get(
-        cluster.agent(0).produce.remote([("good", 0, big), ("good", 0, small)])
+        cluster.agent(0).produce.remote(
+            [("two-parts", 0, big), ("two-parts", 0, small), ("two-parts", 1, other)]
+        )
     )
     assert isinstance(results[0].error, RecordTooLarge)
-    assert results[1].error is None and results[1].base_offset >= 0
+    assert isinstance(results[1].error, RecordTooLarge)
+    assert results[2].error is None and results[2].base_offset == 0
+    info = cluster.describe_topic("two-parts")
+    assert [p.high_watermark for p in info.partition_info] == [0, 1]
+    _still_serves(cluster)
 
 
 def test_corrupt_raw_batch_is_rejected(cluster):

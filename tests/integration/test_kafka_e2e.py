@@ -1,21 +1,22 @@
 """Real Kafka clients against real agents on a real local Ray (2 agents).
 
-The wire-level tests in tests/unit run against in-process fake agents; this module
-re-runs the client-facing ones against ``start_local`` (real AgentActors writing Arrow
-segments, a real MetadataActor), plus checks that only the real path can answer.
+The wire-level tests in tests/unit run against the agent core in-process; this module
+re-runs the client-facing ones against ``start_local`` (AgentActors writing Arrow
+segments to a local directory, the metadata actor reached through the agents' own Ray
+adapter), plus checks that only the Ray path can answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import ray_stream
 from ray_stream.actors import handles
+from ray_stream.actors.metadata_client import RayMetadataClient
 from ray_stream.kafka.records import parse_batch_header, split_batches, verify_crc
 from tests.unit.test_kafka_groups import (  # noqa: F401  (re-run against real agents)
     test_groups_admin_lists_describes_and_deletes_a_group,
@@ -41,42 +42,37 @@ pytestmark = pytest.mark.integration
 confluent_kafka = pytest.importorskip("confluent_kafka")
 
 
-class _AsyncMeta:
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._handle, name)
-
-        async def invoke(*args: Any, **kwargs: Any) -> Any:
-            return await method.remote(*args, **kwargs)
-
-        return invoke
-
-
 class RayKafkaCluster:
-    """The shape the wire tests expect (bootstrap, ports, meta, run) over start_local."""
+    """The shape the wire tests expect (bootstrap, ports, meta, run) over start_local.
+
+    ``meta`` is the agents' own ``RayMetadataClient``: the tests call the metadata actor
+    the way agents do.
+    """
 
     def __init__(self, cluster: Any) -> None:
         self.cluster = cluster
         self.bootstrap = cluster.bootstrap_servers
         self.ports = [b.port for b in cluster.brokers()]
-        self.meta = _AsyncMeta(cluster.metadata)
+        self.meta = RayMetadataClient(
+            namespace=cluster.settings.namespace, retry_s=0, handle=cluster.metadata
+        )
 
     def run(self, coro: Any) -> Any:
         return asyncio.run(coro)
 
+    def fetches_seen(self, index: int) -> int:
+        return int(handles.get(self.cluster.agent(index).stats.remote())["fetches"])
+
     @property
-    def backends(self) -> list[Any]:
-        """What the agents stored, in the shape of the fake backend's produce log."""
+    def produce_calls(self) -> list[Any]:
+        """What the agents stored, in the shape of the unit cluster's produce log."""
         entries = []
         for info in self.cluster.list_topics():
             for p in range(info.partitions):
-                (result,) = handles.get(
-                    self.cluster.agent(0).fetch.remote([(info.name, p, 0, 64 << 20)], 0)
-                )
+                fetch = self.cluster.agent(0).fetch.remote([(info.name, p, 0, 64 << 20)], 0)
+                (result,) = handles.get(fetch)
                 entries += [(info.name, p, b) for b in split_batches(result.records)]
-        return [SimpleNamespace(produce_calls=[(entries, -1)])]
+        return [[(entries, -1)]]
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +160,8 @@ def test_idempotent_retry_over_the_wire_is_stored_once(cluster, topic):
     from ray_stream.kafka.records import Record, encode_batch
     from tests.fakes import RawClient, decode_response, encode_request
 
-    pid, epoch = cluster.run(cluster.meta.init_producer_id(None))
+    identity = cluster.run(cluster.meta.init_producer_id(None))
+    pid, epoch = identity.producer_id, identity.epoch
     records = encode_batch(
         [Record(b"once")], now_ms=1, producer_id=pid, producer_epoch=epoch, base_sequence=0
     )

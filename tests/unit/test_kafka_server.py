@@ -280,12 +280,11 @@ def test_server_answers_pipelined_requests_in_order_despite_a_long_poll(cluster,
         },
         correlation_id=10,
     )
-    fetches = cluster.fetch_calls[1]
-    before = len(fetches)
+    before = cluster.fetches_seen(1)
     client = RawClient(cluster.ports[1])  # its read timeout (10 s) bounds the long poll
     client.send(fetch)
     deadline = time.monotonic() + 10
-    while not any(c["requests"][0][0] == topic for c in fetches[before:]):
+    while cluster.fetches_seen(1) == before:
         assert time.monotonic() < deadline, "the fetch never reached the agent"
         time.sleep(0.01)
     # The fetch is long-polling (nothing to read yet); pipeline two quick requests
