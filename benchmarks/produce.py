@@ -110,7 +110,12 @@ def main() -> None:
     import ray_stream
 
     workdir = Path(tempfile.mkdtemp(prefix="rs-bench-", dir=str(Path.cwd() / ".tmp")))
-    results: dict = {"machine": machine(), "record_bytes": RECORD, "partitions": PARTITIONS, "runs": []}
+    results: dict = {
+        "machine": machine(),
+        "record_bytes": RECORD,
+        "partitions": PARTITIONS,
+        "runs": [],
+    }
     try:
         raws: list[float] = []
 
@@ -133,7 +138,10 @@ def main() -> None:
                 send = send_throughput(cluster, "t_send", args.mb // 2)
                 print(f"  send {send:.1f} MB/s; send_batch path ...", flush=True)
                 batch = send_batch_throughput(cluster, "t_batch", args.mb)
-                print(f"  send_batch {batch:.1f} MB/s; latency at {args.latency_rate}/s ...", flush=True)
+                print(
+                    f"  send_batch {batch:.1f} MB/s; latency at {args.latency_rate}/s ...",
+                    flush=True,
+                )
                 p50, p99, n = latency_ms(
                     cluster, "t_lat", seconds=args.latency_seconds, rate=args.latency_rate
                 )

@@ -26,6 +26,7 @@ import ray
 
 from ray_stream.actors import ray_calls
 from ray_stream.actors.metadata_client import RayMetadataClient
+from ray_stream.actors.process import settle_heap
 from ray_stream.agent.log_service import LogService
 from ray_stream.clock import SystemClock
 from ray_stream.config import Settings, agent_name
@@ -94,7 +95,7 @@ class AgentActor:
     # ----------------------------------------------------------------- the API
     async def produce(
         self,
-        entries: Sequence[tuple[str, int, bytes]],
+        entries: Sequence[tuple[str, int, bytes | memoryview]],
         acks: int = -1,
         *,
         session: str | None = None,
@@ -213,3 +214,4 @@ class AgentActor:
             await self.start()
         except Exception as exc:  # an explicit start() raises it again for the caller
             log.warning("agent-%d could not start on its own: %s", self.index, exc)
+        settle_heap()  # the listener's schemas are loaded: freeze what start-up built

@@ -39,6 +39,9 @@ RAY_ENV_DEFAULTS = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray starts workers at nice 15 by default; an agent is a server that Kafka clients
+    # wait on, so it runs at the same priority as they do.
+    "RAY_worker_niceness": "0",
 }
 
 
@@ -85,7 +88,7 @@ def create_metadata(settings: Settings, **options: Any) -> Any:
             max_task_retries=0,
             **options,
         )
-        .remote(settings)
+        .remote(settings, settle_heap=True)
     )
 
 

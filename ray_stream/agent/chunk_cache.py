@@ -44,7 +44,7 @@ class ChunkCache:
     def __init__(self, get_range: GetRange, *, capacity_bytes: int) -> None:
         self._get_range = get_range
         self._lru = ByteLRU(capacity_bytes)
-        self._inflight: dict[tuple[str, int], asyncio.Future[bytes]] = {}
+        self._inflight: dict[tuple[str, int], asyncio.Future[bytes | memoryview]] = {}
         self.gets = 0
         self.get_bytes = 0
 
@@ -88,19 +88,20 @@ class ChunkCache:
                 )
             dest[lo + base - start : hi + base - start] = memoryview(chunk)[lo:hi]
 
-    def put_object(self, key: str, body: bytes) -> None:
-        """Cache a whole object just written (rule 2)."""
-        for index in range(max(1, (len(body) + CHUNK_BYTES - 1) // CHUNK_BYTES)):
-            self._lru.put((key, index), body[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES])
+    def put_object(self, key: str, body: bytes | memoryview) -> None:
+        """Cache a whole object just written (rule 2): views of its chunks, no copy."""
+        view = memoryview(body)
+        for index in range(max(1, (len(view) + CHUNK_BYTES - 1) // CHUNK_BYTES)):
+            self._lru.put((key, index), view[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES])
 
-    async def _chunk(self, key: str, index: int) -> bytes:
+    async def _chunk(self, key: str, index: int) -> bytes | memoryview:
         cached = self._lru.get((key, index))
         if cached is not None:
             return cached
         inflight = self._inflight.get((key, index))
         if inflight is not None:
             return await asyncio.shield(inflight)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes | memoryview] = asyncio.get_running_loop().create_future()
         self._inflight[(key, index)] = future
         try:
             data = await asyncio.to_thread(self._get_range, key, index * CHUNK_BYTES, CHUNK_BYTES)

@@ -22,6 +22,8 @@ Rules this module keeps:
    recently used partitions go first) and ``max_refs_per_partition`` per partition (the
    oldest go first); a location older than ``ttl_s`` is not served, so files replaced
    by compaction are never read past their grace period (which must exceed ``ttl_s``).
+   Locations are kept as plain tuples of ints and a str, which CPython's collector
+   stops tracking: a full cache adds nothing to garbage-collection pauses.
 5. **Catalog versions.** A commit, locate or catalog-watch answer with a different
    ``catalog_version`` (a topic was deleted, or the metadata service restarted) empties
    the cache: a recreated topic reuses offsets.
@@ -54,10 +56,14 @@ class Hit:
     log_start_offset: int
 
 
+# (segment_key, position, length, base_offset, record_count, max_timestamp, learned_s)
+_Entry = tuple[str, int, int, int, int, int, float]
+
+
 @dataclass(slots=True)
 class _Partition:
     bases: list[int] = field(default_factory=list)  # sorted base offsets
-    refs: dict[int, tuple[BatchRef, float]] = field(default_factory=dict)  # base -> (ref, learned)
+    refs: dict[int, _Entry] = field(default_factory=dict)  # base offset -> entry
     high_watermark: int = 0
     log_start_offset: int = 0
 
@@ -130,7 +136,15 @@ class LocationCache:
             if ref.base_offset not in part.refs:
                 insort(part.bases, ref.base_offset)
                 self._size += 1
-            part.refs[ref.base_offset] = (ref, now)
+            part.refs[ref.base_offset] = (
+                ref.segment_key,
+                ref.position,
+                ref.length,
+                ref.base_offset,
+                ref.record_count,
+                ref.max_timestamp,
+                now,
+            )
             high_watermark = max(high_watermark, ref.last_offset + 1)
         part.high_watermark = max(part.high_watermark, high_watermark)
         part.log_start_offset = max(part.log_start_offset, log_start_offset)
@@ -149,13 +163,13 @@ class LocationCache:
         total = 0
         expected = offset
         while 0 <= i < len(part.bases):
-            ref, learned = part.refs[part.bases[i]]
-            fits = not found or total + ref.length <= max_bytes
-            if learned < oldest or not fits or not ref.base_offset <= expected <= ref.last_offset:
+            key, position, length, base, count, max_ts, learned = part.refs[part.bases[i]]
+            fits = not found or total + length <= max_bytes
+            if learned < oldest or not fits or not base <= expected < base + count:
                 break
-            found.append(ref)
-            total += ref.length
-            expected = ref.last_offset + 1
+            found.append(BatchRef(key, position, length, base, count, max_ts))
+            total += length
+            expected = base + count
             i += 1
         if not found:
             self.misses += 1

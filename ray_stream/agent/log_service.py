@@ -138,7 +138,7 @@ class LogService:
     # --------------------------------------------------------------- write path
     async def produce(
         self,
-        entries: Sequence[tuple[str, int, bytes]],
+        entries: Sequence[tuple[str, int, bytes | memoryview]],
         acks: int = -1,
         *,
         session: str | None = None,

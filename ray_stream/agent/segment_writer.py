@@ -53,10 +53,12 @@ log = logging.getLogger(__name__)
 MAX_FLUSHES_IN_FLIGHT = 3
 STAGES = ("linger", "build", "put", "commit_wait", "commit", "produce_wait")
 
-Put = Callable[[str, bytes], None]  # the object store's blocking PUT
+Put = Callable[[str, memoryview], None]  # the object store's blocking PUT
 # called with each committed segment's request and its batches' results, in flush order
 OnCommitted = Callable[[CommitRequest, Sequence[BatchResult]], None]
-_Entry = tuple[int, str, int, bytes, BatchHeader]  # (result index, topic, partition, batch, h)
+_Entry = tuple[
+    int, str, int, bytes | memoryview, BatchHeader
+]  # (result index, topic, partition, batch, h)
 
 
 @dataclass(slots=True)
@@ -107,7 +109,7 @@ class SegmentWriter:
         name: str,
         put: Put,
         send_commits: SendMany,
-        on_written: Callable[[str, bytes], None],
+        on_written: Callable[[str, memoryview], None],
         on_committed: OnCommitted,
         clock: Clock,
         rand: random.Random,
@@ -139,7 +141,7 @@ class SegmentWriter:
     # ------------------------------------------------------------------ callers
 
     def write(
-        self, entries: Sequence[tuple[str, int, bytes]], acks: int
+        self, entries: Sequence[tuple[str, int, bytes | memoryview]], acks: int
     ) -> asyncio.Future[list[BatchResult]]:
         """Validate and buffer now (synchronously, so buffer order is call order).
 
@@ -188,7 +190,9 @@ class SegmentWriter:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     def _validate(
-        self, entries: Sequence[tuple[str, int, bytes]], results: list[BatchResult | None]
+        self,
+        entries: Sequence[tuple[str, int, bytes | memoryview]],
+        results: list[BatchResult | None],
     ) -> list[_Entry]:
         """The entries to buffer; refused ones get their result now (rule 2)."""
         checked: list[tuple[int, str, int, bytes, BatchHeader | Exception]] = [
@@ -209,7 +213,7 @@ class SegmentWriter:
                 valid.append((i, topic, partition, data, header))
         return valid
 
-    def _check_batch(self, data: bytes) -> BatchHeader | Exception:
+    def _check_batch(self, data: bytes | memoryview) -> BatchHeader | Exception:
         if len(data) > self.settings.max_record_bytes:
             limit = self.settings.max_record_bytes
             return RecordTooLarge(f"batch of {len(data)} bytes is over max_record_bytes={limit}")
@@ -349,7 +353,7 @@ class SegmentWriter:
         ]
         return CommitRequest.of(key, len(body), batches), give_up
 
-    async def _put_segment(self, key: str, body: bytes) -> Exception | None:
+    async def _put_segment(self, key: str, body: memoryview) -> Exception | None:
         """PUT with retries (rule 5); the error if all attempts failed, else None."""
         backoff = Backoff(rand=self._rand)
         attempts = self.settings.segment_put_attempts

@@ -13,12 +13,12 @@ from collections.abc import Hashable
 class ByteLRU:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._items: OrderedDict[Hashable, bytes | memoryview] = OrderedDict()
         self.size_bytes = 0
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable) -> bytes | None:
+    def get(self, key: Hashable) -> bytes | memoryview | None:
         value = self._items.get(key)
         if value is None:
             self.misses += 1
@@ -27,7 +27,7 @@ class ByteLRU:
         self.hits += 1
         return value
 
-    def put(self, key: Hashable, value: bytes) -> None:
+    def put(self, key: Hashable, value: bytes | memoryview) -> None:
         if len(value) > self.max_bytes:
             return
         old = self._items.pop(key, None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import pyarrow as pa
 
@@ -65,7 +66,7 @@ class SegmentBatch:
 
     topic: str
     partition: int
-    payload: bytes
+    payload: bytes | memoryview
     record_count: int
     first_timestamp: int
     max_timestamp: int
@@ -74,48 +75,52 @@ class SegmentBatch:
     base_sequence: int = -1
 
 
-def build_segment(batches: Sequence[SegmentBatch]) -> tuple[bytes, list[tuple[int, int]]]:
+def build_segment(batches: Sequence[SegmentBatch]) -> tuple[memoryview, list[tuple[int, int]]]:
     """Write ``batches`` as one segment file.
 
     Args:
-        batches: in arrival order; may be empty (a valid file with no rows).
+        batches: in arrival order; may be empty (a valid file with no rows). Payloads
+            may be any bytes-like objects (memoryviews of received requests).
 
     Returns:
-        The file bytes and, in input order, each payload's (position, length) inside
-        them: ``file[position:position + length] == batches[i].payload``.
+        A read-only view of the file bytes (Arrow's buffer: no copy into a Python
+        ``bytes``) and, in input order, each payload's (position, length) inside them:
+        ``file[position:position + length] == batches[i].payload``.
 
     Raises:
         InvalidRequest: a field does not fit its column type.
         RecordTooLarge: the payloads add up to more than 2 GiB.
-        InternalError: the written file does not hold a payload at the computed
-            position (a pyarrow behaviour change; never expected).
+        InternalError: the written file does not hold the payloads at the computed
+            positions (a pyarrow behaviour change; never expected).
     """
     order = sorted(range(len(batches)), key=lambda i: (batches[i].topic, batches[i].partition))
     rows = [batches[i] for i in order]
-    total = sum(len(row.payload) for row in rows)
+    lengths = [len(row.payload) for row in rows]
+    total = sum(lengths)
     if total > _MAX_PAYLOAD_BYTES:
         raise RecordTooLarge(f"segment payloads total {total} bytes, over the 2 GiB limit")
-    record_batch = _to_record_batch(rows)
+    joined = b"".join(row.payload for row in rows)
+    record_batch = _to_record_batch(rows, lengths, joined)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, SCHEMA, options=_WRITE_OPTIONS) as writer:
         writer.write_batch(record_batch)
     file_buffer = sink.getvalue()
-    sorted_positions = _payload_positions(file_buffer, len(rows))
-    data = file_buffer.to_pybytes()
+    start = _payload_start(file_buffer, len(rows))
+    # One memcmp over the whole payload region: the payloads are back to back in the
+    # file exactly as in ``joined``, so every (position, length) below holds its batch.
+    if total and not file_buffer.slice(start, total).equals(pa.py_buffer(joined)):
+        raise InternalError("segment payloads are not stored verbatim at the computed positions")
     positions: list[tuple[int, int]] = [(0, 0)] * len(batches)
-    for row, index, position in zip(rows, order, sorted_positions, strict=True):
-        length = len(row.payload)
-        # bytes slices compare with memcmp; a memoryview compare is ~10x slower
-        if data[position : position + length] != row.payload:
-            raise InternalError(
-                f"segment payload of {row.topic}[{row.partition}] (input {index}) "
-                f"is not at bytes {position}..{position + length} of the written file"
-            )
+    position = start
+    for index, length in zip(order, lengths, strict=True):
         positions[index] = (position, length)
-    return data, positions
+        position += length
+    return memoryview(file_buffer).cast("B"), positions  # unsigned bytes, like bytes
 
 
-def _to_record_batch(rows: Sequence[SegmentBatch]) -> pa.RecordBatch:
+def _to_record_batch(
+    rows: Sequence[SegmentBatch], lengths: list[int], joined: bytes
+) -> pa.RecordBatch:
     columns = {
         "topic": [row.topic for row in rows],
         "partition": [row.partition for row in rows],
@@ -125,12 +130,11 @@ def _to_record_batch(rows: Sequence[SegmentBatch]) -> pa.RecordBatch:
         "producer_id": [row.producer_id for row in rows],
         "producer_epoch": [row.producer_epoch for row in rows],
         "base_sequence": [row.base_sequence for row in rows],
-        "payload": [row.payload for row in rows],
     }
     arrays = []
     for field in SCHEMA:
         if field.name == "payload":
-            arrays.append(_binary_array(columns["payload"]))
+            arrays.append(_binary_array(lengths, joined))
             continue
         try:
             arrays.append(pa.array(columns[field.name], type=field.type))
@@ -141,44 +145,35 @@ def _to_record_batch(rows: Sequence[SegmentBatch]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
 
 
-def _binary_array(payloads: list[bytes]) -> pa.Array:
-    """A binary array over one joined buffer: one memcpy, not a per-value append."""
-    offsets = [0]
-    for payload in payloads:
-        offsets.append(offsets[-1] + len(payload))
+def _binary_array(lengths: list[int], joined: bytes) -> pa.Array:
+    """A binary array over the joined payloads (no per-value append)."""
+    offsets = list(accumulate(lengths, initial=0))
     return pa.Array.from_buffers(
         pa.binary(),
-        len(payloads),
-        [
-            None,
-            pa.py_buffer(struct.pack(f"<{len(offsets)}i", *offsets)),
-            pa.py_buffer(b"".join(payloads)),
-        ],
+        len(lengths),
+        [None, pa.py_buffer(struct.pack(f"<{len(offsets)}i", *offsets)), pa.py_buffer(joined)],
     )
 
 
-def _payload_positions(file_buffer: pa.Buffer, row_count: int) -> list[int]:
-    """Byte position of each row's payload in the file, read back zero-copy.
+def _payload_start(file_buffer: pa.Buffer, row_count: int) -> int:
+    """Byte position of the payload column's data in the file, read back zero-copy.
 
     Reading an uncompressed IPC file from a buffer slices that buffer, so the payload
     column's data buffer address minus the file's address is its offset in the file.
     """
     if row_count == 0:
-        return []
+        return 0
     reader = pa.ipc.open_file(pa.BufferReader(file_buffer))
     if reader.num_record_batches != 1:
         raise InternalError(f"segment has {reader.num_record_batches} record batches, not 1")
     payload = reader.get_batch(0).column(_PAYLOAD_INDEX)
     data_buffer = payload.buffers()[2]
     if data_buffer is None or data_buffer.size == 0:  # every payload is empty
-        return [0] * row_count
+        return 0
     start = data_buffer.address - file_buffer.address
-    if start < 0 or start + data_buffer.size > file_buffer.size:
+    if start < 0 or start + data_buffer.size > file_buffer.size or payload.offset != 0:
         raise InternalError("pyarrow copied the segment's payload buffer on read")
-    offsets = pa.Array.from_buffers(
-        pa.int32(), row_count, [None, payload.buffers()[1]], offset=payload.offset
-    ).to_pylist()
-    return [start + offset for offset in offsets]
+    return int(start)
 
 
 def read_segment(data: bytes | memoryview) -> pa.Table:

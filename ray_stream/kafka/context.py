@@ -49,7 +49,7 @@ class KafkaBackend(Protocol):
     async def brokers(self) -> list[BrokerInfo]: ...
 
     async def produce(
-        self, entries: Sequence[tuple[str, int, bytes]], acks: int = -1
+        self, entries: Sequence[tuple[str, int, bytes | memoryview]], acks: int = -1
     ) -> list[BatchResult]: ...
 
     async def fetch(

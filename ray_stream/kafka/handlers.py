@@ -48,7 +48,7 @@ from ray_stream.kafka.context import (
 from ray_stream.kafka.errors_map import error_code, error_message, note_unexpected
 from ray_stream.kafka.group_handlers import GroupHandlers
 from ray_stream.kafka.protocol import Request, build_response, supported_api_keys
-from ray_stream.kafka.records import split_batches
+from ray_stream.kafka.records import split_views
 from ray_stream.kafka.versions import ApiKey
 
 __all__ = ["KafkaHandlers", "partition_leader"]
@@ -151,7 +151,7 @@ class KafkaHandlers:
     # ----------------------------------------------------------------- Produce
     async def _produce(self, request: Request, client_host: str) -> dict[str, Any] | None:
         body = request.body
-        entries: list[tuple[str, int, bytes]] = []
+        entries: list[tuple[str, int, bytes | memoryview]] = []
         slots: list[tuple[str, int, Any, str | None, int, int]] = []
         for topic in body.topic_data:
             for part in topic.partition_data:
@@ -190,7 +190,7 @@ class KafkaHandlers:
             ]
         }
 
-    def _check_records(self, records: bytes | None) -> tuple[list[bytes], Any, str | None]:
+    def _check_records(self, records: bytes | None) -> tuple[list[memoryview], Any, str | None]:
         """(batches, None, None) if the record set splits, else ([], error code, message).
 
         Each batch's own size and CRC are the backend's to check (once, rule 2 of
@@ -200,7 +200,7 @@ class KafkaHandlers:
         if not records:
             return [], ErrorCode.corrupt_message, "no record batches"
         try:
-            batches = split_batches(records)
+            batches = split_views(records)  # views: the request's bytes are not copied
         except CorruptData as exc:
             return [], ErrorCode.corrupt_message, error_message(exc)
         limit = self.settings.max_record_bytes

@@ -24,7 +24,6 @@ Never: perform I/O or know what a request means (that is ``handlers.py``).
 from __future__ import annotations
 
 import dataclasses
-import io
 import struct
 import types
 import uuid
@@ -50,6 +49,7 @@ __all__ = [
     "build",
     "build_response",
     "encode_response",
+    "encode_response_parts",
     "parse_request",
     "preload",
     "request_class",
@@ -147,14 +147,50 @@ def parse_request(frame: bytes) -> Request:
 
 def encode_response(request: Request, body: Any) -> bytes:
     """Length prefix + the response header the body's schema names + ``body``."""
-    buffer = io.BytesIO()
-    buffer.write(bytes(LENGTH_PREFIX_BYTES))  # patched below: saves copying the body again
+    return b"".join(encode_response_parts(request, body))
+
+
+def encode_response_parts(request: Request, body: Any) -> list[bytes | bytearray | memoryview]:
+    """``encode_response`` as parts to write in order, without copying large fields.
+
+    A Fetch answer's record batches are the bulk of its bytes; they are kept by
+    reference (written to the socket as they are), not copied into one buffer.
+    """
+    parts = _Parts()
     header_cls = type(body).__header_schema__
-    entity_writer(header_cls)(buffer, header_cls(correlation_id=request.correlation_id))
-    entity_writer(type(body))(buffer, body)
-    size = buffer.tell() - LENGTH_PREFIX_BYTES
-    buffer.getbuffer()[:LENGTH_PREFIX_BYTES] = size.to_bytes(LENGTH_PREFIX_BYTES, "big")
-    return buffer.getvalue()
+    entity_writer(header_cls)(parts, header_cls(correlation_id=request.correlation_id))
+    entity_writer(type(body))(parts, body)
+    return parts.finish()
+
+
+class _Parts:
+    """A write target for kio's writers: small writes are gathered, writes of at least
+    ``BIG_WRITE_BYTES`` kept by reference; ``finish`` prepends the length prefix."""
+
+    BIG_WRITE_BYTES = 64 * 1024
+
+    def __init__(self) -> None:
+        self._parts: list[bytes | bytearray | memoryview] = []
+        self._small = bytearray(LENGTH_PREFIX_BYTES)  # the prefix, patched in finish()
+        self._size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        size = len(data)
+        self._size += size
+        if size < self.BIG_WRITE_BYTES:
+            self._small += data
+        else:
+            self._parts.append(self._small)
+            self._parts.append(data)
+            self._small = bytearray()
+        return size
+
+    def finish(self) -> list[bytes | bytearray | memoryview]:
+        parts = [*self._parts, self._small] if self._small else self._parts
+        first = parts[0]
+        assert isinstance(first, bytearray)  # the prefix buffer always comes first
+        first[:LENGTH_PREFIX_BYTES] = self._size.to_bytes(LENGTH_PREFIX_BYTES, "big")
+        return parts
 
 
 def api_versions_fallback(request: Request) -> bytes:

@@ -58,6 +58,7 @@ __all__ = [
     "parse_batch_header",
     "set_base_offset",
     "split_batches",
+    "split_views",
     "verify_crc",
 ]
 
@@ -192,7 +193,7 @@ def parse_batch_header(data: bytes | memoryview, offset: int = 0) -> BatchHeader
     return header
 
 
-def split_batches(records: bytes | memoryview) -> list[bytes]:
+def split_batches(records: bytes | bytearray | memoryview) -> list[bytes]:
     """Split a Kafka ``records`` field (concatenated RecordBatch v2) into batches.
 
     Args:
@@ -205,11 +206,21 @@ def split_batches(records: bytes | memoryview) -> list[bytes]:
         CorruptData: a header is malformed (see ``parse_batch_header``) or the last
             batch is cut short.
     """
-    batches: list[bytes] = []
+    return [bytes(view) for view in split_views(records)]
+
+
+def split_views(records: bytes | bytearray | memoryview) -> list[memoryview]:
+    """``split_batches`` without copying: read-only views into ``records``.
+
+    Raises:
+        As ``split_batches``.
+    """
+    whole = memoryview(records).toreadonly()
+    views: list[memoryview] = []
     position = 0
-    end = len(records)
+    end = len(whole)
     while position < end:
-        header = parse_batch_header(records, position)
+        header = parse_batch_header(whole, position)
         batch_end = position + header.total_size
         if batch_end > end:
             raise CorruptData(
@@ -217,9 +228,9 @@ def split_batches(records: bytes | memoryview) -> list[bytes]:
                 f"{header.batch_length} needs {header.total_size} bytes, "
                 f"{end - position} remain"
             )
-        batches.append(bytes(records[position:batch_end]))
+        views.append(whole[position:batch_end])
         position = batch_end
-    return batches
+    return views
 
 
 def verify_crc(batch: bytes | memoryview) -> bool:

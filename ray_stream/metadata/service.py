@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import uuid
@@ -88,6 +89,9 @@ class MetadataService:
         clock: wall time for the orphan sweep and segment freshness, monotonic time for
             group sessions and snapshots (default ``SystemClock``); long polls are bounded
             by the event loop's time.
+        settle_heap: the service owns its process (the metadata actor): once recovered,
+            freeze the heap so full garbage collections do not rescan the recovered
+            state (``gc.freeze``; a pause of ~0.45 s at 1.25M references otherwise).
 
     Raises:
         StorageUnavailable: the object store stayed unreachable for
@@ -96,7 +100,12 @@ class MetadataService:
     """
 
     def __init__(
-        self, settings: Settings, *, store: ObjectStore | None = None, clock: Clock | None = None
+        self,
+        settings: Settings,
+        *,
+        store: ObjectStore | None = None,
+        clock: Clock | None = None,
+        settle_heap: bool = False,
     ) -> None:
         self._settings = settings
         self._clock = clock or SystemClock()
@@ -127,6 +136,9 @@ class MetadataService:
             "recovered_snapshot": recovered.snapshot_index,
             "recovered_entries": recovered.replayed,
         }
+        if settle_heap:
+            gc.collect()
+            gc.freeze()
         log.info(
             "metadata epoch %d: snapshot %d + %d journal entries in %.2fs",
             recovered.epoch,

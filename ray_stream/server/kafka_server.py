@@ -31,12 +31,12 @@ from typing import Any
 
 from ray_stream.errors import RayStreamError
 from ray_stream.kafka.context import KafkaBackend
-from ray_stream.kafka.framing import FrameDecoder
+from ray_stream.kafka.framing import LENGTH_PREFIX_BYTES, frame_size
 from ray_stream.kafka.handlers import KafkaHandlers
 from ray_stream.kafka.protocol import (
     Request,
     api_versions_fallback,
-    encode_response,
+    encode_response_parts,
     parse_request,
     preload,
 )
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 64
 MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
-READ_BYTES = 1024 * 1024
 _STREAM_LIMIT = 4 * 1024 * 1024  # StreamReader buffer before it pauses the socket
 
 # (request, its handler task or ready answer, frame size)
@@ -97,7 +96,7 @@ class _Connection:
         self._handlers = handlers
         self._reader = reader
         self._writer = writer
-        self._decoder = FrameDecoder(max_frame_bytes)
+        self._max_frame_bytes = max_frame_bytes
         self._queue: asyncio.Queue[_Work | None] = asyncio.Queue(MAX_IN_FLIGHT)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -122,31 +121,36 @@ class _Connection:
             self._writer.close()
 
     async def _read_loop(self) -> bool:
-        """Read and dispatch until EOF (False) or bad input (True)."""
+        """Read and dispatch until EOF (False) or bad input (True).
+
+        Frames are read whole with ``readexactly`` after their length prefix is checked
+        (``framing.frame_size``): each byte is copied once out of the stream's buffer.
+        """
+        reader = self._reader
         while not self._aborted:
+            started = False  # a frame's prefix was read: EOF from here truncates it
             try:
-                data = await self._reader.read(READ_BYTES)
-            except (ConnectionError, OSError):
-                return False
-            if not data:
-                if self._decoder.buffered_bytes:
+                prefix = await reader.readexactly(LENGTH_PREFIX_BYTES)
+                started = True
+                frame = await reader.readexactly(frame_size(prefix, self._max_frame_bytes))
+                request = parse_request(frame)
+            except asyncio.IncompleteReadError as exc:
+                if started or exc.partial:
                     log.warning(
                         "kafka client %s closed mid-frame (%d bytes of a truncated frame)",
                         self.peer,
-                        self._decoder.buffered_bytes,
+                        len(exc.partial) + (LENGTH_PREFIX_BYTES if started else 0),
                     )
                 return False
-            self._decoder.receive_data(data)
-            try:
-                while not self._aborted and (frame := self._decoder.next_frame()) is not None:
-                    request = parse_request(frame)
-                    await self._reserve(len(frame))
-                    if self._aborted:
-                        break
-                    await self._queue.put(self._start(request, len(frame)))
+            except (ConnectionError, OSError):
+                return False
             except RayStreamError as exc:
                 log.warning("kafka client %s sent bad input, closing: %s", self.peer, exc)
                 return True
+            await self._reserve(len(frame))
+            if self._aborted:
+                break
+            await self._queue.put(self._start(request, len(frame)))
         return False
 
     async def _reserve(self, size: int) -> None:
@@ -171,8 +175,9 @@ class _Connection:
     async def _write_loop(self) -> None:
         while (work := await self._queue.get()) is not None:
             request, pending, size = work
+            data: list[bytes | bytearray | memoryview]
             if isinstance(pending, bytes):
-                data = pending
+                data = [pending]
             else:
                 try:
                     self._current = work
@@ -183,7 +188,7 @@ class _Connection:
                     size = 0
                     if body is None:  # acks=0 produce: no response
                         continue
-                    data = encode_response(request, body)
+                    data = encode_response_parts(request, body)
                 except Exception:
                     log.exception(
                         "kafka %s v%d (correlation %d) from %s failed; closing",
@@ -196,7 +201,8 @@ class _Connection:
                     return
             self._release(size)
             try:
-                self._writer.write(data)
+                for part in data:  # large parts (record batches) go out as they are
+                    self._writer.write(part)
                 await self._writer.drain()
             except (ConnectionError, OSError):
                 self._abort()

@@ -44,12 +44,12 @@ class ObjectStore(Protocol):
 
     url: str
 
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+    def put(self, key: str, data: bytes | memoryview, *, if_none_match: bool = False) -> None:
         """Write ``data`` under ``key``, replacing any existing object.
 
         Args:
             key: the object key.
-            data: the full object body.
+            data: the full object body (any bytes-like object; it is not kept).
             if_none_match: create-only (S3 ``If-None-Match: *``): fail if ``key`` exists.
 
         Raises:

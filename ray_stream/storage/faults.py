@@ -191,7 +191,7 @@ class FaultyStore:
 
     # -- ObjectStore ---------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+    def put(self, key: str, data: bytes | memoryview, *, if_none_match: bool = False) -> None:
         with self._lock:
             self._calls["puts"] += 1
         self._delay(key)

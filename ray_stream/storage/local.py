@@ -92,7 +92,7 @@ class LocalStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+    def put(self, key: str, data: bytes | memoryview, *, if_none_match: bool = False) -> None:
         path = self._path(key)
         directory = os.path.dirname(path)
         tmp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")

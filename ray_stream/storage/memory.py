@@ -24,7 +24,7 @@ class MemoryStore:
         self._objects: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+    def put(self, key: str, data: bytes | memoryview, *, if_none_match: bool = False) -> None:
         validate_key(key)
         body = bytes(data)
         with self._lock:

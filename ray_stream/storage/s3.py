@@ -229,7 +229,7 @@ class S3Store:
 
     # -- ObjectStore ---------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+    def put(self, key: str, data: bytes | memoryview, *, if_none_match: bool = False) -> None:
         name = self._name(key)
         self._ensure_bucket()
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": name, "Body": bytes(data)}
