@@ -111,6 +111,13 @@ def _consumer(bootstrap: str, fetch_wait_ms: int) -> Any:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": fetch_wait_ms,
+            # librdkafka stops fetching a partition whose local queue passed
+            # queued.max.messages.kbytes (64 MiB) and waits fetch.queue.backoff.ms
+            # (1000 ms) before it fetches again: a faster broker fills the queue sooner
+            # and then sits out whole seconds, which measured the client's backoff, not
+            # the broker (ray_stream's consume varied 126-302 MiB/s run to run). Same
+            # setting for every system.
+            "fetch.queue.backoff.ms": 10,
         }
     )
 
