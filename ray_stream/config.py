@@ -41,12 +41,13 @@ class Settings:
             (the object store is the bottleneck) a flush takes everything buffered once
             a slot frees, so segments grow past this (bounded by agent_buffer_bytes).
         commit_group_wait_ms: when an agent's flushes queue up behind each other (it
-            takes data faster than ``flush_bytes`` per PUT), a segment whose PUT is done
-            waits up to this long for the next one's, and both are committed in one
-            metadata round: one journal PUT for several segments, so fewer PUTs per GiB
-            at the cost of up to this much more ack latency under load. A lightly
-            loaded agent never waits. -1 (default) means ``linger_ms``; 0 groups only
-            segments that are ready together.
+            takes data faster than ``flush_bytes`` per PUT), a segment of at least half
+            ``flush_bytes`` whose PUT is done waits up to this long for the next one's,
+            and both are committed in one metadata round: one journal PUT for several
+            segments, so fewer PUTs per GiB at the cost of up to this much more ack
+            latency under load. A lightly loaded agent (small, linger-bound segments)
+            never waits. -1 (default) means ``linger_ms``; 0 groups only segments that
+            are ready together.
         max_record_bytes: the largest producer batch accepted (Kafka's
             ``message.max.bytes``, default 1 MiB + overhead).
         kafka_host / kafka_port: where agent 0 listens for the Kafka protocol; agent n

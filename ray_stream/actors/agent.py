@@ -26,7 +26,7 @@ import ray
 
 from ray_stream.actors import ray_calls
 from ray_stream.actors.metadata_client import RayMetadataClient
-from ray_stream.actors.process import settle_heap
+from ray_stream.actors.process import PauseMonitor, settle_heap
 from ray_stream.agent.log_service import LogService
 from ray_stream.clock import SystemClock
 from ray_stream.config import Settings, agent_name
@@ -79,6 +79,8 @@ class AgentActor:
             rand=random.Random(),
             brokers=self.brokers,
         )
+        self._pauses = PauseMonitor()
+        self._warm = False
         self._start_lock = asyncio.Lock()
         self._server: Any = None
         self._brokers: list[BrokerInfo] = []
@@ -116,8 +118,15 @@ class AgentActor:
             requests, max_wait_ms=max_wait_ms, min_bytes=min_bytes, max_bytes=max_bytes
         )
 
-    async def stats(self) -> dict[str, Any]:
-        return {**self.log.stats(), "metadata_calls": dict(self._meta.calls)}
+    async def stats(self, window_s: float | None = None) -> dict[str, Any]:
+        """``LogService.stats``, the metadata calls this agent made (by method), and its
+        process's event-loop lag and garbage-collection pauses, over the last
+        ``window_s`` seconds where timed (default: the latest samples)."""
+        return {
+            **self.log.stats(window_s),
+            "metadata_calls": dict(self._meta.calls),
+            **self._pauses.report(window_s),
+        }
 
     async def kafka_address(self) -> BrokerInfo | None:
         return self.log.address
@@ -132,6 +141,9 @@ class AgentActor:
         async with self._start_lock:
             if self._server is None and self.settings.kafka_port != 0:
                 await self._listen()
+            if not self._warm:
+                await self.log.warm_up()
+                self._warm = True
             return self.log.address
 
     async def stop(self) -> None:
@@ -215,3 +227,4 @@ class AgentActor:
         except Exception as exc:  # an explicit start() raises it again for the caller
             log.warning("agent-%d could not start on its own: %s", self.index, exc)
         settle_heap()  # the listener's schemas are loaded: freeze what start-up built
+        self._pauses.start()

@@ -10,13 +10,15 @@ Rules this module keeps:
 1. **Order.** A request is sent only after every earlier place was answered; a place whose
    PUT failed is answered with that error in its turn and never sent.
 2. **Group only when behind.** When the next flush is already running as the oldest ready
-   request is about to go (data arrives faster than one flush per PUT), the committer
-   waits up to ``wait_s`` for that flush's PUT and sends both in one call, and so on up
-   to ``max_group``. The metadata actor journals one call in one commit round, so one
-   journal PUT then covers several segments (the object-store cost model of DESIGN.md:
-   PUTs per GiB). A request with no flush running behind it is sent at once, so a
-   lightly loaded agent waits for nothing; a loaded one adds at most ``wait_s`` to its
-   acks (the agent's default: its ``linger_ms``).
+   request is about to go and that request is a big one (at least ``group_min_bytes``:
+   data arrives faster than one flush per PUT), the committer waits up to ``wait_s`` for
+   that flush's PUT and sends both in one call, and so on up to ``max_group``. The
+   metadata service journals one call in one commit round, so one journal PUT then
+   covers several segments (the object-store cost model of DESIGN.md: PUTs per GiB).
+   Requests that are ready together always share a call; a small request (a lightly
+   loaded agent's linger-bound flush) is never held back, so it waits for nothing, and
+   a loaded agent adds at most ``wait_s`` to its acks (the agent's default: its
+   ``linger_ms``).
 3. **Resend what is in doubt** (docs/design/0002-metadata-durability.md): while the
    metadata actor restarts, its journal write fails, or an answer comes from an epoch
    older than one already seen, the unanswered requests of a group are resent with
@@ -80,6 +82,8 @@ class CommitQueue:
             0 groups only requests that are ready together.
         retry_s: how long a group is resent while the metadata actor is away.
         max_group: the most requests in one call.
+        group_min_bytes: the smallest segment worth holding back for the next one
+            (the agent's: half its ``flush_bytes``; 0 always waits).
         rand: backoff jitter (None: none).
     """
 
@@ -91,9 +95,11 @@ class CommitQueue:
         wait_s: float,
         retry_s: float,
         max_group: int = 8,
+        group_min_bytes: int = 0,
         rand: random.Random | None = None,
     ) -> None:
         self._send = send
+        self._group_min_bytes = group_min_bytes
         self._rand = rand
         self._clock = clock
         self._wait_s = wait_s
@@ -159,14 +165,16 @@ class CommitQueue:
     async def _gather(self) -> list[Place]:
         """The ready head and the consecutive places behind it worth one call (rule 2)."""
         group = [self._places[0]]
-        if group[0].error is not None:
+        head = group[0].request
+        if head is None:  # its PUT failed: answered alone
             return group
-        deadline = self._clock.monotonic_s() + self._wait_s
+        wait_s = self._wait_s if head.segment_bytes >= self._group_min_bytes else 0.0
+        deadline = self._clock.monotonic_s() + wait_s
         while len(group) < self._max_group and len(self._places) > len(group):
             following = self._places[len(group)]
             if not following.ready.done():
                 left = deadline - self._clock.monotonic_s()
-                if left <= 0:
+                if left <= 0 or not wait_s:
                     break
                 await asyncio.wait({following.ready}, timeout=left)
                 if not following.ready.done():

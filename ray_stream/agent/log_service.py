@@ -50,6 +50,7 @@ from ray_stream.core.metadata_api import (
     LocateRequest,
     MetadataClient,
 )
+from ray_stream.core.segment import SegmentBatch, build_segment
 from ray_stream.core.types import BatchRef, BatchResult, BrokerInfo, FetchResult
 from ray_stream.errors import RayStreamError, StorageUnavailable
 from ray_stream.storage.base import ObjectStore
@@ -62,6 +63,7 @@ BrokerSource = Callable[[], Awaitable[list[BrokerInfo]]]
 FetchRequest = tuple[str, int, int, int]  # (topic, partition, offset, partition_max_bytes)
 DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
 CATALOG_WATCH_S = 30.0
+_WARM_UP_BATCH = SegmentBatch("warm-up", 0, b"\x00" * 64, 1, 0, 0)
 
 
 @dataclass(slots=True)
@@ -171,6 +173,12 @@ class LogService:
         finally:
             self._order.next_turn(session, seq)
         return await waiter
+
+    async def warm_up(self) -> None:
+        """Run the segment builder once now, so the first flush does not pay pyarrow's
+        first-call cost (measured ~0.45 s here: it was the p99 of a fresh agent's
+        latency at 500 records/s)."""
+        await asyncio.to_thread(build_segment, [_WARM_UP_BATCH])
 
     async def drain(self) -> None:
         """Flush what is buffered and wait for every flush in flight."""
@@ -339,11 +347,12 @@ class LogService:
         return results
 
     # -------------------------------------------------------------------- stats
-    def stats(self) -> dict[str, Any]:
-        """Counters of the write and read paths."""
+    def stats(self, window_s: float | None = None) -> dict[str, Any]:
+        """Counters of the write and read paths; write-stage latencies over the last
+        ``window_s`` seconds (default: the latest 8192 of each stage)."""
         cache, locations = self._cache, self._locations
         return {
-            **self._writer.report(),
+            **self._writer.report(window_s),
             "gets": cache.gets,
             "get_bytes": cache.get_bytes,
             "fetches": self._fetches,

@@ -79,9 +79,10 @@ class WriteStats:
     batches_in: int = 0
     bytes_in: int = 0
     failures: dict[str, int] = field(default_factory=dict)
-    # per stage, ms over the latest flushes (produce_wait: per call, buffered -> answered)
-    stages_ms: dict[str, deque[float]] = field(
-        default_factory=lambda: {stage: deque(maxlen=4096) for stage in STAGES}
+    # per stage, (monotonic time, ms) over the latest flushes (produce_wait: per call,
+    # buffered -> answered)
+    stages_ms: dict[str, deque[tuple[float, float]]] = field(
+        default_factory=lambda: {stage: deque(maxlen=8192) for stage in STAGES}
     )
 
 
@@ -126,6 +127,7 @@ class SegmentWriter:
             clock=clock,
             wait_s=settings.resolved_commit_group_wait_ms / 1000,
             retry_s=settings.metadata_retry_s,
+            group_min_bytes=settings.flush_bytes // 2,
             rand=rand,
         )
         self.stats = WriteStats()
@@ -390,16 +392,22 @@ class SegmentWriter:
             self._stage("produce_wait", now - pending.enqueued_s)
 
     def _stage(self, stage: str, seconds: float) -> None:
-        self.stats.stages_ms[stage].append(seconds * 1000)
+        self.stats.stages_ms[stage].append((self._clock.monotonic_s(), seconds * 1000))
 
     def _count_failure(self, kind: str) -> None:
         self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
 
     # ------------------------------------------------------------------- report
 
-    def report(self) -> dict[str, Any]:
-        """The write path's counters, for the agent's ``stats()``."""
+    def report(self, window_s: float | None = None) -> dict[str, Any]:
+        """The write path's counters, for the agent's ``stats()``; stage latencies over
+        the last ``window_s`` seconds (default: the latest 8192 of each)."""
         s, c = self.stats, self.commits.stats
+        since = -1.0 if window_s is None else self._clock.monotonic_s() - window_s
+        stages = {
+            stage: _latency([ms for at, ms in values if at >= since])
+            for stage, values in s.stages_ms.items()
+        }
         return {
             "flushes": s.flushes,
             "puts": s.puts,
@@ -416,12 +424,12 @@ class SegmentWriter:
                 kind: s.failures.get(kind, 0) + c.failures.get(kind, 0)
                 for kind in {*s.failures, *c.failures}
             },
-            "produce_wait_ms": _latency(s.stages_ms["produce_wait"]),
-            "stages_ms": {stage: _latency(values) for stage, values in s.stages_ms.items()},
+            "produce_wait_ms": stages["produce_wait"],
+            "stages_ms": stages,
         }
 
 
-def _latency(values: deque[float]) -> dict[str, float | None]:
+def _latency(values: list[float]) -> dict[str, float | None]:
     """p50/p99/max of a window of latencies, and how many there were."""
     return {
         "calls": len(values),

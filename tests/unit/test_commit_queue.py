@@ -109,6 +109,29 @@ def test_a_flush_behind_is_waited_for_and_both_go_in_one_call_in_order(settings)
     assert (stats.calls, stats.segments, stats.max_group) == (1, 2, 2)
 
 
+def test_a_small_segment_is_not_held_back_for_the_flush_behind_it(settings):
+    """A lightly loaded agent's linger-bound segment goes at once (its producers wait for
+    nothing); only a big one, a sign of backlog, waits to share the journal PUT."""
+
+    async def scenario():
+        meta = Recorder(await started(settings))
+        queue = CommitQueue(
+            meta.send, clock=ManualClock(), wait_s=LONG_S, retry_s=5.0, group_min_bytes=11
+        )
+        first, second = queue.reserve(), queue.reserve()  # the second PUT is running
+        one = await asyncio.wait_for(  # answered long before wait_s
+            queue.commit(first, request("a"), give_up=LONG_S), ANSWER_S
+        )
+        calls_then = list(meta.calls)
+        two = await queue.commit(second, request("b"), give_up=LONG_S)
+        return calls_then, meta.calls, one, two
+
+    calls_then, calls, one, two = asyncio.run(scenario())
+    assert calls_then == [["a"]]  # request("a") is 10 bytes, under group_min_bytes
+    assert calls == [["a"], ["b"]]
+    assert (offsets(one), offsets(two)) == ([0], [1])
+
+
 def test_the_wait_for_a_flush_behind_is_bounded(settings):
     async def scenario():
         clock = ManualClock()
