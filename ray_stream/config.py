@@ -7,7 +7,7 @@ store, clock) are never stored here; actors build them from these values.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ray_stream.errors import InvalidConfig
@@ -108,7 +108,6 @@ class Settings:
     cache_bytes: int = 256 * 1024 * 1024
     max_request_bytes: int = 100 * 1024 * 1024
     namespace: str = NAMESPACE
-    extra: dict[str, str] = field(default_factory=dict)
     snapshot_every_rounds: int = 500
     snapshot_interval_s: float = 300.0
     journal_put_timeout_s: float = 10.0
