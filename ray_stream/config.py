@@ -76,9 +76,10 @@ class Settings:
         journal_put_timeout_s: how long one journal write is retried (with backoff) on
             object-store errors before its commit round fails with StorageUnavailable.
             The entry then stays "in doubt" and is re-written before the next round.
-        metadata_retry_s: how long agents retry calls to a metadata actor that is
-            restarting (or whose journal write failed) before failing producers with
-            Unavailable. Kafka clients time requests out after 30 s by default.
+        metadata_retry_s: how long agents resend calls to a metadata actor that is
+            restarting (and segment commits whose journal write failed: they are safe
+            to resend) before failing producers with Unavailable. Kafka clients time
+            requests out after 30 s by default.
         metadata_start_timeout_s: how long a starting metadata actor retries reading
             the object store before giving up (the actor then dies loudly).
         segment_put_attempts: attempts (with backoff) for one segment PUT before the

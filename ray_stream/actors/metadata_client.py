@@ -181,28 +181,41 @@ class RayMetadataClient:
         while True:
             try:
                 return await self._call_once(method, args)
-            except Unavailable as exc:
+            except _ActorAway as away:
                 delay = backoff.next_delay()
                 if self._clock.monotonic_s() + delay > deadline:
                     if limit <= 0:
-                        raise
+                        raise away.error from None
                     raise Unavailable(
-                        f"metadata call {method}() failed for {limit:.0f}s: {exc}"
+                        f"metadata call {method}() failed for {limit:.0f}s: {away.error}"
                     ) from None
             await asyncio.sleep(delay)
 
     async def _call_once(self, method: str, args: tuple[Any, ...]) -> Any:
-        """One attempt; raises plain ``Unavailable`` only for failures worth resending."""
+        """One attempt; raises ``_ActorAway`` only for failures worth resending (the
+        actor is missing, died, restarting, or fenced); the service's own errors pass."""
         handle = self._handle
-        if handle is None:  # Unavailable while the actor is not registered (yet)
-            handle = self._handle = ray_calls.lookup(METADATA_ACTOR_NAME, self._namespace)
+        if handle is None:
+            try:
+                handle = self._handle = ray_calls.lookup(METADATA_ACTOR_NAME, self._namespace)
+            except Unavailable as exc:  # not registered (yet)
+                raise _ActorAway(exc) from None
         try:
             return await getattr(handle, method).remote(*args)
         except RayActorError as exc:  # died, restarting, unreachable
             self._handle = None  # look it up again: it may have been re-created
-            raise Unavailable(f"metadata actor unavailable: {exc}") from None
+            raise _ActorAway(Unavailable(f"metadata actor unavailable: {exc}")) from None
         except RayTaskError as exc:
             cause = ray_calls.unwrap(exc)
             if isinstance(cause, Fenced):
-                raise Unavailable(f"reached a fenced metadata incarnation: {cause}") from None
+                away = Unavailable(f"reached a fenced metadata incarnation: {cause}")
+                raise _ActorAway(away) from None
             raise cause from None
+
+
+class _ActorAway(Exception):
+    """A call that did not reach a live, current incarnation (resend it)."""
+
+    def __init__(self, error: Unavailable) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -17,6 +17,8 @@ import time
 from collections import deque
 from typing import Any
 
+from ray_stream.core.percentile import percentile
+
 __all__ = ["YOUNG_GC_THRESHOLD", "PauseMonitor", "settle_heap"]
 
 # Objects allocated between young collections (CPython's default is 700): request
@@ -86,7 +88,5 @@ class PauseMonitor:
 
 
 def _summary(samples: deque[tuple[float, float]], since: float) -> dict[str, float | int | None]:
-    values = sorted(v for at, v in samples if at >= since)
-    if not values:
-        return {"count": 0, "p99": None, "max": None}
-    return {"count": len(values), "p99": values[int(0.99 * (len(values) - 1))], "max": values[-1]}
+    values = [v for at, v in samples if at >= since]
+    return {"count": len(values), "p99": percentile(values, 99), "max": max(values, default=None)}

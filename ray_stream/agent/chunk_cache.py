@@ -89,10 +89,19 @@ class ChunkCache:
             dest[lo + base - start : hi + base - start] = memoryview(chunk)[lo:hi]
 
     def put_object(self, key: str, body: bytes | memoryview) -> None:
-        """Cache a whole object just written (rule 2): views of its chunks, no copy."""
+        """Cache a whole object just written (rule 2).
+
+        An object of one chunk is kept as it is (no copy). A larger one (segments grow
+        past ``CHUNK_BYTES`` under backlog) is cut into copies: a view of one chunk would
+        keep the whole object's buffer alive while the LRU counts only the chunk.
+        """
         view = memoryview(body)
-        for index in range(max(1, (len(view) + CHUNK_BYTES - 1) // CHUNK_BYTES)):
-            self._lru.put((key, index), view[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES])
+        if len(view) <= CHUNK_BYTES:
+            self._lru.put((key, 0), view)
+            return
+        for index in range((len(view) + CHUNK_BYTES - 1) // CHUNK_BYTES):
+            chunk = view[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
+            self._lru.put((key, index), bytes(chunk))
 
     async def _chunk(self, key: str, index: int) -> bytes | memoryview:
         cached = self._lru.get((key, index))
@@ -115,4 +124,7 @@ class ChunkCache:
             future.exception()  # marked retrieved for when no other reader waits
             raise
         finally:
+            if not future.done():  # this reader was cancelled: release the others
+                future.set_exception(StorageUnavailable(f"read of {key} was cancelled"))
+                future.exception()
             del self._inflight[(key, index)]

@@ -103,18 +103,23 @@ class LocationCache:
         return self._version
 
     def observe_version(self, catalog_version: int) -> bool:
-        """Note an answer's catalog version; empty the cache when it changed (rule 5).
+        """Note an answer's catalog version (rule 5).
+
+        Versions only grow (``epoch << 32`` plus deletions), and Ray does not keep
+        answers in order: an older version than the one known is ignored, a newer one
+        empties the cache.
 
         Returns:
-            True when the cache was emptied.
+            True when ``catalog_version`` is the cache's version afterwards, so what the
+            answer says may be learned; False for an answer older than what is known.
         """
-        if catalog_version == self._version:
+        if self._version is not None and catalog_version < self._version:
             return False
-        emptied = self._version is not None or bool(self._parts)
-        self._parts.clear()
-        self._size = 0
-        self._version = catalog_version
-        return emptied
+        if catalog_version != self._version:
+            self._parts.clear()
+            self._size = 0
+            self._version = catalog_version
+        return True
 
     def learn(
         self,

@@ -52,7 +52,7 @@ from ray_stream.core.metadata_api import (
 )
 from ray_stream.core.segment import SegmentBatch, build_segment
 from ray_stream.core.types import BatchRef, BatchResult, BrokerInfo, FetchResult
-from ray_stream.errors import RayStreamError, StorageUnavailable
+from ray_stream.errors import NotFound, RayStreamError, StorageUnavailable
 from ray_stream.storage.base import ObjectStore
 
 __all__ = ["BrokerSource", "LogService"]
@@ -127,6 +127,8 @@ class LogService:
         self._order = CallOrder(clock)
         self._rand = rand if rand is not None else random.Random()
         self._watcher: asyncio.Task[None] | None = None
+        self._current_commits: set[str] = set()  # committed under the known catalog
+        self._closed = False
         self._fetches = 0
         self._locates = 0
 
@@ -187,17 +189,28 @@ class LogService:
     async def close(self) -> None:
         """``drain``, then stop the background catalog watch."""
         await self.drain()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
+        self._closed = True
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
 
     async def _commit(self, requests: list[CommitRequest]) -> CommitAnswer:
         answer = await self.meta.commit(requests)
-        self._locations.observe_version(answer.catalog_version)
+        if self._locations.observe_version(answer.catalog_version):
+            if len(self._current_commits) > 4096:  # commits that failed later: forget
+                self._current_commits.clear()
+            self._current_commits.update(r.segment_key for r in requests)
         return answer
 
     def _learn_commit(self, request: CommitRequest, results: Sequence[BatchResult]) -> None:
-        """Remember where the batches just committed live (``LocationCache``)."""
+        """Remember where the batches just committed live (``LocationCache``), unless
+        the answer came from an older catalog than the one the cache now holds."""
+        if request.segment_key not in self._current_commits:
+            return
+        self._current_commits.discard(request.segment_key)
+        if self._locations.version is None:
+            return  # emptied since (the catalog watch failed): nothing is known current
         cols = request.batches
         learned: dict[tuple[str, int], tuple[list[BatchRef], int]] = {}
         for i, result in enumerate(results):
@@ -246,12 +259,13 @@ class LogService:
         slots = [_Slot(t, p, o, pmax) for t, p, o, pmax in requests]
         for slot in slots:
             self._use(slot, self._locations.lookup(*_position(slot)))
+        known = self._locations.version  # the catalog the cached answers belong to
         misses = [slot for slot in slots if not slot.refs]
         if misses:
             cached = sum(ref.length for slot in slots for ref in slot.refs)
             wait_ms = max_wait_ms if cached < min_bytes else 0
-            emptied = await self._locate(misses, wait_ms=wait_ms, min_bytes=min_bytes - cached)
-            stale = [slot for slot in slots if slot.cached] if emptied else []
+            version = await self._locate(misses, wait_ms=wait_ms, min_bytes=min_bytes - cached)
+            stale = [slot for slot in slots if slot.cached] if version != known else []
             if stale:  # a topic was deleted since the cache learned these (rule 1)
                 await self._locate(stale, wait_ms=0, min_bytes=1)
         return await self._read(slots, max_bytes)
@@ -261,8 +275,8 @@ class LogService:
             slot.refs, slot.cached = hit.refs, True
             slot.high_watermark, slot.log_start_offset = hit.high_watermark, hit.log_start_offset
 
-    async def _locate(self, slots: list[_Slot], *, wait_ms: int, min_bytes: int) -> bool:
-        """Fill ``slots`` from one ``locate`` call; True when the cache was emptied."""
+    async def _locate(self, slots: list[_Slot], *, wait_ms: int, min_bytes: int) -> int:
+        """Fill ``slots`` from one ``locate`` call; the answer's catalog version."""
         request = LocateRequest(
             tuple(_position(s) for s in slots),
             wait_ms=wait_ms,
@@ -270,13 +284,13 @@ class LogService:
         )
         self._locates += 1
         answer = await self.meta.locate(request)
-        emptied = self._locations.observe_version(answer.catalog_version)
-        self._absorb(slots, answer)
-        return emptied
+        current = self._locations.observe_version(answer.catalog_version)
+        self._absorb(slots, answer, learn=current)
+        return answer.catalog_version
 
     def _watch_catalog(self) -> None:
-        """Start the catalog watch (rule 2) unless it runs."""
-        if self._watcher is None or self._watcher.done():
+        """Start the catalog watch (rule 2) unless it runs (or the service is closed)."""
+        if not self._closed and (self._watcher is None or self._watcher.done()):
             loop = asyncio.get_running_loop()
             self._watcher = loop.create_task(self._watch_loop(), name="catalog-watch")
 
@@ -296,7 +310,7 @@ class LogService:
             backoff = Backoff(rand=self._rand)
             self._locations.observe_version(version)
 
-    def _absorb(self, slots: list[_Slot], answer: LocateAnswer) -> None:
+    def _absorb(self, slots: list[_Slot], answer: LocateAnswer, *, learn: bool) -> None:
         for i, slot in enumerate(slots):
             slot.cached = False
             error = answer.errors.get(i)
@@ -306,6 +320,8 @@ class LogService:
             slot.refs = answer.batches(i)
             slot.high_watermark = answer.high_watermark[i]
             slot.log_start_offset = answer.log_start_offset[i]
+            if not learn:
+                continue
             self._locations.learn(
                 slot.topic,
                 slot.partition,
@@ -330,7 +346,7 @@ class LogService:
                 budget -= ref.length
             try:
                 data = await self._cache.read_batches(chosen)
-            except StorageUnavailable as exc:  # rule 2
+            except (StorageUnavailable, NotFound) as exc:  # rule 3
                 self._locations.forget(slot.topic, slot.partition)
                 results.append(FetchResult(slot.topic, slot.partition, exc, -1, -1))
                 continue

@@ -208,7 +208,11 @@ class SegmentResult:
         )
 
     def results(self) -> list[BatchResult]:
-        """One ``BatchResult`` per batch (the segment's ``error`` on every batch if set)."""
+        """One ``BatchResult`` per batch.
+
+        Raises:
+            The segment's ``error``, when the whole segment was refused.
+        """
         if self.error is not None:
             raise self.error
         errors = self.errors

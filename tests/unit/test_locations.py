@@ -69,13 +69,24 @@ def test_locations_older_than_the_ttl_are_not_served():
 
 def test_locations_a_new_catalog_version_empties_the_cache():
     c = cache()
-    assert c.observe_version(7) is False  # the first version seen
+    assert c.observe_version(7) is True  # the first version seen: learn from it
     c.learn("t", 0, [ref(0)], high_watermark=10, log_start_offset=0)
-    assert c.observe_version(7) is False
+    assert c.observe_version(7) is True
     assert c.lookup("t", 0, 0, 1 << 20) is not None
     assert c.observe_version(8) is True  # a topic was deleted: offsets may be reused
     assert c.lookup("t", 0, 0, 1 << 20) is None
-    assert len(c) == 0
+    assert (len(c), c.version) == (0, 8)
+
+
+def test_locations_an_answer_from_an_older_catalog_is_ignored():
+    """Ray does not keep answers in order: a late answer from before a deletion must
+    neither empty the cache nor move its version back."""
+    c = cache()
+    c.observe_version(8)
+    c.learn("t", 0, [ref(0)], high_watermark=10, log_start_offset=0)
+    assert c.observe_version(7) is False  # the caller must not learn from that answer
+    assert c.version == 8
+    assert c.lookup("t", 0, 0, 1 << 20) is not None
 
 
 def test_locations_are_bounded_per_partition_and_overall():

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from ray_stream.config import Settings
-from ray_stream.errors import CorruptData, OffsetOutOfRange, UnknownTopicOrPartition
+from ray_stream.core.metadata_api import LocateRequest
+from ray_stream.errors import CorruptData, NotFound, OffsetOutOfRange, UnknownTopicOrPartition
 from ray_stream.kafka.records import Record, decode_batch, encode_batch, split_batches
 from ray_stream.storage.memory import MemoryStore
 from tests.fakes import CountingMetadata, make_agent, make_meta
@@ -183,3 +184,55 @@ def test_log_service_reports_the_time_of_each_write_stage(settings):
     assert set(stages) == {"linger", "build", "put", "commit_wait", "commit", "produce_wait"}
     assert all(stage["calls"] == 3 for stage in stages.values())
     assert all(stage["p99"] >= stage["p50"] >= 0 for stage in stages.values())
+
+
+def test_log_service_a_topic_recreated_during_a_long_poll_is_located_again(settings):
+    """The cache answered one partition and a long poll waited for another when the topic
+    was deleted and created again: the cached answer is asked again, never served."""
+
+    async def scenario(service, counters, agents) -> Any:
+        cached, writer = agents
+        await service.create_topic("t", 2)
+        await cached.produce([("t", 0, batch(b"old"))])
+        polling = asyncio.create_task(
+            cached.fetch(
+                [("t", 0, 0, 1 << 20), ("t", 1, 0, 1 << 20)], max_wait_ms=30_000, min_bytes=1 << 20
+            )
+        )
+        await asyncio.sleep(0.05)  # partition 0 came from the cache; the locate waits
+        await service.delete_topic("t")
+        await service.create_topic("t", 2)
+        await writer.produce([("t", 0, batch(b"new"))])
+        first, _ = await asyncio.wait_for(polling, 10)  # woken by the deletion
+        (again,) = await cached.fetch([("t", 0, 0, 1 << 20)])
+        return first, again
+
+    first, again = run(settings, scenario, agents=2)
+    assert (0, b"old") not in values(first.records)  # empty or the new topic's, never old
+    assert values(again.records) == [(0, b"new")]
+
+
+def test_log_service_a_missing_segment_fails_only_its_partition_and_is_forgotten(tmp_path):
+    settings = Settings(data_dir=str(tmp_path / "data"), cache_bytes=0)  # every read GETs
+
+    async def scenario(service, counters, agents) -> Any:
+        reader, writer = agents
+        await service.create_topic("t", 2)
+        await writer.produce([("t", 0, batch(b"gone")), ("t", 1, batch(b"kept"))])
+        await writer.produce([("t", 1, batch(b"later"))])
+        await reader.fetch([("t", 0, 0, 1 << 20)])  # the reader's cache learns partition 0
+        (first_key,) = {
+            r.segment_key
+            for r in (await service.locate(LocateRequest((("t", 0, 0, 1 << 20),)))).batches(0)
+        }
+        reader.store.delete(first_key)
+        counters[0].reset()
+        gone, later = await reader.fetch([("t", 0, 0, 1 << 20), ("t", 1, 1, 1 << 20)])
+        again = await reader.fetch([("t", 0, 0, 1 << 20)])
+        return gone, later, again, counters[0].per_request()
+
+    gone, later, (again,), calls = run(settings, scenario, agents=2)
+    assert isinstance(gone.error, NotFound)
+    assert values(later.records) == [(1, b"later")]
+    assert isinstance(again.error, NotFound)  # asked again, not served from the cache
+    assert calls == {"locate": 2}
