@@ -41,6 +41,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assign-consumers", type=int, default=1)
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--agents", type=int, default=2)
+    p.add_argument(
+        "--zones", default="a,b", help="simulated zones of the agents ('' for none; default a,b)"
+    )
     p.add_argument("--rate", type=float, default=40.0, help="records/s per producer")
     p.add_argument(
         "--fault-interval",
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         assign_consumers=args.assign_consumers,
         partitions=args.partitions,
         agents=args.agents,
+        zones=tuple(z for z in args.zones.split(",") if z),
         rate=args.rate,
         fault_interval_s=args.fault_interval,
         faults=tuple(k for k in args.faults.split(",") if k),

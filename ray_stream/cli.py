@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from ray_stream.config import parse_group, unique_groups
 from ray_stream.errors import InvalidRequest, RayStreamError
 
 
@@ -39,6 +40,23 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
         help="host named to Kafka clients (default: --kafka-host, or each node's IP for 0.0.0.0)",
     )
     p.add_argument("--namespace", help="Ray namespace (default ray_stream)")
+    p.add_argument(
+        "--zones",
+        help="simulated availability zones, e.g. a,b: agent n is in zone n %% len (default: "
+        "each agent's Ray node zone, from resource zone:<name> or label ray.io/availability-zone)",
+    )
+    p.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME:agents=N,port=P,roles=produce+consume",
+        help="an agent group besides 'default', with its own listener ports and roles (repeatable)",
+    )
+    p.add_argument(
+        "--agents-per-node",
+        type=int,
+        help="keep K agents on every alive Ray node, following nodes that join and leave",
+    )
 
 
 def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,7 +70,19 @@ def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "namespace": args.namespace,
         "kafka_host": args.kafka_host,
         "kafka_advertised_host": args.kafka_advertised_host,
+        "zones": _zones(args.zones),
+        "groups": unique_groups([parse_group(g) for g in args.group]) if args.group else None,
+        "agents_per_node": args.agents_per_node,
     }
+
+
+def _zones(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    zones = tuple(z.strip() for z in text.split(",") if z.strip())
+    if not zones:
+        raise InvalidRequest(f"--zones takes comma-separated zone names, got {text!r}")
+    return zones
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", help="run inside an existing Ray cluster (e.g. 'auto' on a `ray up` head node)"
     )
 
-    sub.add_parser("status", help="show the running cluster")
+    status = sub.add_parser("status", help="show the running cluster, per agent and per zone")
+    status.add_argument("--json", action="store_true", help="every counter, as JSON")
+
+    scale = sub.add_parser("scale", help="resize the running embedded cluster's agents")
+    scale.add_argument("--agents", type=int, required=True, help="agents the group should run")
+    scale.add_argument("--group", default="default", help="agent group (default: default)")
 
     topics = sub.add_parser("topics", help="create, list, describe, delete topics")
     tsub = topics.add_subparsers(dest="topics_command", required=True)
@@ -138,7 +173,11 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
     cluster = connect()
     if args.command == "status":
-        print(json.dumps(cluster.status(), indent=2, default=str))
+        _status(cluster.status(), as_json=args.json)
+    elif args.command == "scale":
+        placed = cluster.scale(args.agents, args.group)
+        ids = [p.agent_id for p in placed if p.group == args.group]
+        print(f"group {args.group}: {len(ids)} agent(s) {ids}")
     elif args.command == "topics":
         _topics(cluster, args)
     elif args.command == "produce":
@@ -163,6 +202,9 @@ def _start(args: argparse.Namespace) -> int:
             f"object_store={cluster.settings.resolved_object_store}",
             flush=True,
         )
+        for group in cluster.settings.group_names[1:]:
+            listeners = ",".join(f"{b.host}:{b.port}" for b in cluster.brokers(group=group))
+            print(f"group {group} kafka={listeners or 'off'}", flush=True)
         while not stop.wait(0.5):
             pass
         print("stopping", flush=True)
@@ -171,6 +213,47 @@ def _start(args: argparse.Namespace) -> int:
         cluster.shutdown()
     print("stopped", flush=True)
     return 0
+
+
+STATUS_COLUMNS = (
+    ("gets", "GETs"),
+    ("get_bytes", "GET bytes"),
+    ("cache_hits", "hits"),
+    ("cache_misses", "misses"),
+    ("peer_chunks", "from peers"),
+    ("peer_bytes", "peer bytes"),
+    ("served_chunks", "to peers"),
+    ("served_bytes", "served bytes"),
+    ("client_bytes", "client bytes"),
+    ("cross_zone_bytes", "cross-zone bytes"),
+)
+
+
+def _status(status: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status, indent=2, default=str))
+        return
+    print(f"namespace {status['namespace']}  object store {status['object_store']}")
+    print(f"kafka {status['kafka'] or 'off'}")
+    head = ["agent", "listener", "zone", "group"] + [title for _, title in STATUS_COLUMNS]
+    rows = [
+        [
+            str(a.get("agent_id")),
+            a.get("listener") or "-",
+            a.get("zone") or "-",
+            a.get("group", "-"),
+        ]
+        + [str(a.get(key, a.get("error", "?"))) for key, _ in STATUS_COLUMNS]
+        for a in status["agents"]
+    ]
+    rows += [
+        ["zone total", "", zone or "-", f"{t['agents']} agents"]
+        + [str(t[k]) for k, _ in STATUS_COLUMNS]
+        for zone, t in sorted(status["zones"].items())
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for row in [head, *rows]:
+        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
 
 
 def _topics(cluster: Any, args: argparse.Namespace) -> None:

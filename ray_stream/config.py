@@ -7,6 +7,7 @@ store, clock) are never stored here; actors build them from these values.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,14 +15,87 @@ from ray_stream.errors import InvalidConfig
 
 NAMESPACE = "ray_stream"
 METADATA_ACTOR_NAME = "metadata"
+FLEET_ACTOR_NAME = "fleet"
 DEFAULT_DATA_DIR = ".ray_stream-data"
 
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # listen on every interface
 
 
+DEFAULT_GROUP = "default"
+ROLES = frozenset({"produce", "consume"})
+
+
 def agent_name(index: int) -> str:
     return f"agent-{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A declared agent group: its agents (a total, or per node), listener and roles.
+
+    Attributes:
+        name: the group's name (``default`` is the group of ``--agents``).
+        agents: how many agents the embedded cluster runs in the group.
+        kafka_port: the group's first listener port (agent ``i`` of a node listens on
+            ``kafka_port + i``); 0 disables the listener, -1 picks free ports.
+        roles: what the group serves to Kafka clients: ``produce``, ``consume`` or both.
+    """
+
+    name: str
+    agents: int = 1
+    kafka_port: int = -1
+    roles: frozenset[str] = ROLES
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
+            raise InvalidConfig(f"agent group name {self.name!r}: use letters, digits, - and _")
+        if self.agents < 0:
+            raise InvalidConfig(f"agent group {self.name!r}: agents must be >= 0")
+        if not -1 <= self.kafka_port <= 65535:
+            raise InvalidConfig(f"agent group {self.name!r}: kafka_port {self.kafka_port}")
+        if not self.roles or not self.roles <= ROLES:
+            raise InvalidConfig(
+                f"agent group {self.name!r}: roles must be a non-empty subset of "
+                f"{sorted(ROLES)}, got {sorted(self.roles)}"
+            )
+
+
+def parse_group(text: str) -> GroupSpec:
+    """``name:key=value,...`` (keys ``agents``, ``port``, ``roles`` as ``produce+consume``).
+
+    Raises:
+        InvalidConfig: the text is malformed (the message names the part).
+    """
+    name, _, rest = text.partition(":")
+    values: dict[str, object] = {}
+    for pair in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError(pair)
+            if key == "agents":
+                values["agents"] = int(value)
+            elif key == "port":
+                values["kafka_port"] = int(value)
+            elif key == "roles":
+                values["roles"] = frozenset(r for r in value.split("+") if r)
+            else:
+                raise ValueError(key)
+        except ValueError as exc:
+            raise InvalidConfig(
+                f"agent group {text!r}: cannot read {pair!r} "
+                "(expected name:agents=N,port=P,roles=produce+consume)"
+            ) from exc
+    return GroupSpec(name.strip(), **values)  # type: ignore[arg-type]
+
+
+def unique_groups(groups: Sequence[GroupSpec]) -> tuple[GroupSpec, ...]:
+    """Raises InvalidConfig when two groups share a name."""
+    names = [g.name for g in groups]
+    if len(set(names)) != len(names):
+        raise InvalidConfig(f"agent groups must have distinct names, got {names}")
+    return tuple(groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +136,30 @@ class Settings:
         default_partitions: partition count for auto-created topics.
         cache_bytes: per-agent segment cache size.
         namespace: the Ray namespace holding this cluster's named actors (``metadata``,
-            ``agent-<n>``); tests run several clusters side by side with distinct ones.
+            ``fleet``, ``agent-<n>``); tests run several clusters side by side with
+            distinct ones.
+
+    The fleet (docs/design/0004-agent-fleet.md):
+
+    Attributes:
+        zones: simulated availability zones for a cluster whose Ray nodes name none:
+            agent n is in ``zones[n % len(zones)]``. Empty: each agent takes its node's
+            zone (custom resource ``zone:<name>``, else the node label
+            ``ray.io/availability-zone``), or none. Agents of a zone share one cache.
+        groups: agent groups besides ``default`` (the group of ``agents``), each with
+            its own listener ports and roles; clients see only the group they
+            bootstrapped to.
+        agents_per_node: 0: ``agents`` agents in all (the embedded cluster, resizable
+            with ``ray-stream scale``). K > 0: K agents of the default group (and each
+            group's ``agents``) on every alive Ray node, following nodes that join and
+            leave.
+        cache_shared: read chunks through their owner in the zone (one GET per chunk
+            per zone) rather than each agent from the store.
+        cache_peer_timeout_ms: how long an agent waits for a chunk's owner before it
+            reads the object store itself: the most a slow or dead owner adds to a read.
+        actor_resources: custom Ray resources (name, amount) the metadata, fleet and
+            counted agents ask for, which places the cluster on the nodes that have
+            them (per-node agents are pinned to their node instead).
 
     Metadata durability and recovery (docs/design/0002-metadata-durability.md):
 
@@ -118,10 +215,26 @@ class Settings:
     agent_buffer_bytes: int = 0
     orphan_grace_s: float = 600.0
     orphan_sweep_interval_s: float = 60.0
+    zones: tuple[str, ...] = ()
+    groups: tuple[GroupSpec, ...] = ()
+    agents_per_node: int = 0
+    cache_shared: bool = True
+    cache_peer_timeout_ms: int = 2000
+    actor_resources: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        unique_groups([GroupSpec(DEFAULT_GROUP), *self.groups])
+        for zone in self.zones:
+            if not zone or "," in zone or "=" in zone:
+                raise InvalidConfig(f"setting 'zones' has an invalid zone name {zone!r}")
+        if self.zones and self.agents_per_node:
+            raise InvalidConfig(
+                "settings 'zones' and 'agents_per_node' exclude each other: zones simulate "
+                "zones on one machine; per-node agents take their node's zone (resource "
+                "zone:<name> or label ray.io/availability-zone)"
+            )
         checks = {
-            "agents": self.agents >= 1,
+            "agents": self.agents >= 0 and (self.agents >= 1 or bool(self.groups)),
             "linger_ms": 0 <= self.linger_ms <= 60_000,
             "flush_bytes": 1024 <= self.flush_bytes <= 1024**3,
             "commit_group_wait_ms": -1 <= self.commit_group_wait_ms <= 60_000,
@@ -138,6 +251,8 @@ class Settings:
             "agent_buffer_bytes": self.agent_buffer_bytes >= 0,
             "orphan_grace_s": self.orphan_grace_s > 0,
             "orphan_sweep_interval_s": self.orphan_sweep_interval_s >= 0,
+            "agents_per_node": 0 <= self.agents_per_node <= 64,
+            "cache_peer_timeout_ms": 0 <= self.cache_peer_timeout_ms <= 60_000,
         }
         for key, ok in checks.items():
             if not ok:
@@ -162,6 +277,23 @@ class Settings:
         if self.kafka_host in WILDCARD_HOSTS:
             return node_ip
         return self.kafka_host
+
+    def group(self, name: str) -> GroupSpec:
+        """The spec of agent group ``name`` (``default``: ``agents`` on ``kafka_port``).
+
+        Raises:
+            InvalidConfig: no such group.
+        """
+        if name == DEFAULT_GROUP:
+            return GroupSpec(DEFAULT_GROUP, agents=self.agents, kafka_port=self.kafka_port)
+        for spec in self.groups:
+            if spec.name == name:
+                return spec
+        raise InvalidConfig(f"no agent group {name!r}; groups: {self.group_names}")
+
+    @property
+    def group_names(self) -> list[str]:
+        return [DEFAULT_GROUP, *(g.name for g in self.groups)]
 
     @property
     def resolved_commit_group_wait_ms(self) -> int:

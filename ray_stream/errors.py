@@ -12,7 +12,8 @@ Tree::
     │   ├── OffsetOutOfRange
     │   ├── OutOfOrderSequence
     │   ├── InvalidProducerEpoch
-    │   └── InvalidConfig
+    │   ├── InvalidConfig
+    │   └── RoleNotServed       this agent's group does not serve produce (or consume)
     ├── Unavailable             transient; retry (maybe elsewhere)
     │   ├── StorageUnavailable
     │   ├── Overloaded          not accepted (buffer full): safe to resend
@@ -81,6 +82,10 @@ class InvalidProducerEpoch(InvalidRequest):
 
 class InvalidConfig(InvalidRequest):
     """A setting or topic config has an invalid value; the message names the key."""
+
+
+class RoleNotServed(InvalidRequest):
+    """The agent's group is restricted to other roles: use that role's group address."""
 
 
 class Unavailable(RayStreamError):

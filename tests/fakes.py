@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from ray_stream.agent.log_service import LogService
 from ray_stream.clock import Clock, SystemClock
 from ray_stream.config import Settings
-from ray_stream.core.types import BrokerInfo
+from ray_stream.core.fleet import AgentRecord
 from ray_stream.kafka.framing import encode_frame
 from ray_stream.kafka.handlers import KafkaHandlers
 from ray_stream.kafka.protocol import Request, build, encode_response, request_class, response_class
@@ -87,30 +87,23 @@ def make_agent(
     store: Any,
     *,
     node_id: int = 0,
-    peers: list[BrokerInfo] | None = None,
     clock: Clock | None = None,
     linger_ms: int = TEST_LINGER_MS,
+    record: AgentRecord | None = None,
+    peers: Any = None,
 ) -> LogService:
-    """The real agent core over ``store`` and ``meta`` (``peers``: other listeners)."""
-    others = peers if peers is not None else []
-    made: list[LogService] = []
-
-    async def brokers() -> list[BrokerInfo]:  # what the actor shell's peer lookup answers
-        own = made[0].address
-        return ([own] if own is not None else []) + [p for p in others if p.node_id != node_id]
-
-    made.append(
-        LogService(
-            replace(settings, linger_ms=linger_ms),
-            node_id=node_id,
-            store=store,
-            metadata=meta,
-            clock=clock or SystemClock(),
-            rand=random.Random(node_id),
-            brokers=brokers,
-        )
+    """The real agent core over ``store`` and ``meta``; it sees the other agents once it
+    ``join``s the fleet (``record``: its zone and group; ``peers``: its PeerLink)."""
+    return LogService(
+        replace(settings, linger_ms=linger_ms),
+        node_id=node_id,
+        store=store,
+        metadata=meta,
+        clock=clock or SystemClock(),
+        rand=random.Random(node_id),
+        record=record,
+        peers=peers,
     )
-    return made[0]
 
 
 def record_calls(agent: LogService) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -182,16 +175,14 @@ class KafkaTestCluster:
         from ray_stream.server.kafka_server import start_kafka_server
 
         self.meta = make_meta(self.settings, store=self.store)
-        peers: list[BrokerInfo] = []
         for node_id in range(self.agent_count):
-            agent = make_agent(self.settings, self.meta, self.store, node_id=node_id, peers=peers)
+            agent = make_agent(self.settings, self.meta, self.store, node_id=node_id)
             calls, fetches = record_calls(agent)
             self.produce_calls.append(calls)
             self.fetch_calls.append(fetches)
             server = await start_kafka_server(agent, host="127.0.0.1", port=0)
             port = server.sockets[0].getsockname()[1]
-            agent.address = BrokerInfo(node_id=node_id, host="127.0.0.1", port=port)
-            peers.append(agent.address)
+            await agent.join("127.0.0.1", port)
             self.agents.append(agent)
             self.servers.append(server)
 
@@ -311,15 +302,29 @@ class HandlerHarness:
         self.store = MemoryStore()
         self.service = make_meta(settings, store=self.store)
         self.meta = CountingMetadata(self.service)
-        peers = [BrokerInfo(i, "127.0.0.1", 9092 + i) for i in range(1, brokers)]
-        self.backend = make_agent(settings, self.meta, self.store, peers=peers)
-        self.backend.address = BrokerInfo(0, "127.0.0.1", 9092)
+        self.brokers = brokers
+        self.backend = make_agent(settings, self.meta, self.store)
         self.produce_calls, self.fetch_calls = record_calls(self.backend)
         self.handlers = KafkaHandlers(self.backend)
 
-    async def call(self, api_key: int, version: int, values: dict[str, Any]) -> Any:
+    async def start(self) -> None:
+        """Register the listed peers (``1..brokers-1``, as their heartbeats would) and
+        join agent 0 to the fleet on 127.0.0.1:9092."""
+        for i in range(1, self.brokers):
+            await self.service.agent_heartbeat(AgentRecord(i, "127.0.0.1", 9092 + i), -1, 30.0)
+        await self.backend.join("127.0.0.1", 9092)
+        self.meta.reset()
+
+    async def call(
+        self,
+        api_key: int,
+        version: int,
+        values: dict[str, Any],
+        *,
+        client_id: str | None = "test-client",
+    ) -> Any:
         body = build(request_class(api_key, version), values)
-        request = Request(api_key, version, 11, "test-client", body)
+        request = Request(api_key, version, 11, client_id, body)
         response = await self.handlers.handle(request, client_host="/127.0.0.1")
         if response is None:
             return None
@@ -401,9 +406,11 @@ def run_handlers(
 
     async def main() -> Any:
         harness = HandlerHarness(settings, brokers=brokers)
+        await harness.start()
         try:
             return await scenario(harness)
         finally:
+            await harness.backend.membership.close(deregister=False)
             await harness.service.close()
 
     return asyncio.run(main())

@@ -1,11 +1,20 @@
 """AgentActor: the Ray shell around one agent's ``LogService``.
 
-The agent's work (buffering, segment PUTs, commits, fetches) is ``LogService``
-(agent/log_service.py), which has no Ray in it. This shell binds it to Ray and to the
-Kafka listener: it builds the service with the Ray metadata adapter, serves the Python
-API's ``produce`` and ``fetch`` calls, listens for Kafka clients, and finds its peers'
-listeners for Metadata answers. It keeps nothing that survives it except its listener
-address.
+The agent's work (buffering, segment PUTs, commits, fetches, its fleet membership) is
+``LogService`` (agent/log_service.py), which has no Ray in it. This shell binds it to
+Ray and to the Kafka listener: it builds the service with the Ray metadata adapter,
+serves the Python API's ``produce`` and ``fetch`` calls and its zone peers'
+``serve_chunk`` calls, listens for Kafka clients, and finds its zone from its Ray node.
+It keeps nothing that survives it except its listener address.
+
+Zones (docs/design/0004-agent-fleet.md): a zone the fleet assigned (simulated zones)
+wins; else the node's custom resource ``zone:<name>``; else its label
+``ray.io/availability-zone``; else none. Chunks travel between agents as numpy arrays,
+which Ray moves through its object store (shared memory on one node) rather than
+pickling them.
+
+Agents are detached actors owned by no driver (actors/fleet.py creates them); one whose
+cluster is gone (its metadata actor no longer exists for ``ORPHAN_EXIT_S``) exits.
 
 Recovery (docs/design/0002-metadata-durability.md): Ray restarts a dead agent
 (``max_restarts=-1``) by re-running ``__init__``, which Ray runs inside the actor's
@@ -20,6 +29,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -29,16 +39,19 @@ from ray_stream.actors.metadata_client import RayMetadataClient
 from ray_stream.actors.process import PauseMonitor, settle_heap
 from ray_stream.agent.log_service import LogService
 from ray_stream.clock import SystemClock
-from ray_stream.config import Settings, agent_name
+from ray_stream.config import METADATA_ACTOR_NAME, Settings, agent_name
+from ray_stream.core.fleet import AgentRecord
+from ray_stream.core.metadata_api import MetadataClient
 from ray_stream.core.types import BatchResult, BrokerInfo, FetchResult
 from ray_stream.server.kafka_server import start_kafka_server
 from ray_stream.storage.url import open_store
 
 log = logging.getLogger(__name__)
 
-BROKERS_TTL_S = 10.0
-PEER_TIMEOUT_S = 2.0  # a restarting peer is left out of the broker list, not waited for
 REBIND_WAIT_S = 20.0
+ORPHAN_EXIT_S = 30.0
+ZONE_LABEL = "ray.io/availability-zone"
+ZONE_RESOURCE_PREFIX = "zone:"
 
 
 def _restarted() -> bool:
@@ -58,16 +71,34 @@ class AgentActor:
         settings: cluster settings.
         index: this agent's number (its name is ``agent-<index>``, its broker id
             ``index``).
+        placement: its group, roles, zone ("": from the node), node and slot, and in
+            ``port`` the listener port (0: none, -1: any free one); default: the
+            default group on ``settings.kafka_port + index``.
         autostart: start the Kafka listener from ``__init__`` when a loop runs, so a
             restarted agent serves again with no manual step.
+        metadata: the metadata service (default: the Ray adapter to the named actor;
+            tests pass the service itself).
     """
 
-    def __init__(self, settings: Settings, index: int, *, autostart: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        index: int,
+        *,
+        placement: AgentRecord | None = None,
+        autostart: bool = True,
+        metadata: MetadataClient | None = None,
+    ) -> None:
         self.settings = settings
         self.index = index
+        if placement is None:
+            port = settings.kafka_port + index if settings.kafka_port > 0 else settings.kafka_port
+            placement = AgentRecord(index, "", port, slot=index)
+        self._port = placement.port
+        record = replace(placement, host="", port=0, zone=placement.zone or _node_zone())
         self.store = open_store(settings.resolved_object_store)
         self._clock = SystemClock()
-        self._meta = RayMetadataClient(
+        self._meta: MetadataClient = metadata or RayMetadataClient(
             namespace=settings.namespace, retry_s=settings.metadata_retry_s
         )
         self.log = LogService(
@@ -77,14 +108,14 @@ class AgentActor:
             metadata=self._meta,
             clock=self._clock,
             rand=random.Random(),
-            brokers=self.brokers,
+            record=record,
+            peers=_RayPeers(settings.namespace),
         )
         self._pauses = PauseMonitor()
         self._warm = False
         self._start_lock = asyncio.Lock()
         self._server: Any = None
-        self._brokers: list[BrokerInfo] = []
-        self._brokers_at = -1e9
+        self._watchdog: asyncio.Task[None] | None = None
         self._autostart: asyncio.Task[None] | None = None
         if autostart:
             try:
@@ -112,11 +143,28 @@ class AgentActor:
         max_wait_ms: int = 0,
         min_bytes: int = 1,
         max_bytes: int = 50 * 1024 * 1024,
+        client_zone: str | None = None,
     ) -> list[FetchResult]:
         """``LogService.fetch`` for the Python consumer and ``read_table``."""
         return await self.log.fetch(
-            requests, max_wait_ms=max_wait_ms, min_bytes=min_bytes, max_bytes=max_bytes
+            requests,
+            max_wait_ms=max_wait_ms,
+            min_bytes=min_bytes,
+            max_bytes=max_bytes,
+            client_zone=client_zone,
         )
+
+    async def serve_chunk(self, key: str, index: int) -> Any:
+        """A chunk this agent owns, for a peer of its zone (a numpy array: Ray moves
+        it through its object store). Raises NotFound, StorageUnavailable."""
+        import numpy as np
+
+        chunk = await self.log.serve_chunk(key, index)
+        return np.frombuffer(chunk, dtype=np.uint8)
+
+    async def record(self) -> AgentRecord:
+        """This agent as it registers itself with the fleet."""
+        return self.log.record
 
     async def stats(self, window_s: float | None = None) -> dict[str, Any]:
         """``LogService.stats``, the metadata calls this agent made (by method), and its
@@ -124,7 +172,7 @@ class AgentActor:
         ``window_s`` seconds where timed (default: the latest samples)."""
         return {
             **self.log.stats(window_s),
-            "metadata_calls": dict(self._meta.calls),
+            "metadata_calls": dict(getattr(self._meta, "calls", {})),
             **self._pauses.report(window_s),
         }
 
@@ -139,46 +187,26 @@ class AgentActor:
             OSError: the Kafka port is taken.
         """
         async with self._start_lock:
-            if self._server is None and self.settings.kafka_port != 0:
+            if self._server is None and self._port != 0:
                 await self._listen()
+            elif not self.log.membership.joined:
+                await self._join(0)
             if not self._warm:
                 await self.log.warm_up()
                 self._warm = True
             return self.log.address
 
     async def stop(self) -> None:
-        """Flush what is buffered, wait for in-flight flushes, close the listener."""
+        """Flush what is buffered, wait for in-flight flushes, leave the fleet, close
+        the listener."""
         await self.log.close()
         if self._server is not None:
             self._server.close()
             self._server = None
 
-    async def brokers(self) -> list[BrokerInfo]:
-        """Every agent's Kafka listener (cached for a few seconds)."""
-        now = self._clock.monotonic_s()
-        if self._brokers and now - self._brokers_at < BROKERS_TTL_S:
-            return self._brokers
-        found: list[BrokerInfo] = []
-        for i in range(self.settings.agents):
-            info = self.log.address if i == self.index else await self._peer_address(i)
-            if info is not None:
-                found.append(info)
-        self._brokers, self._brokers_at = found, now
-        return found
-
-    async def _peer_address(self, index: int) -> BrokerInfo | None:
-        try:
-            peer = ray_calls.lookup(agent_name(index), self.settings.namespace)
-            call = ray_calls.call(peer.kafka_address.remote())
-            address: BrokerInfo | None = await asyncio.wait_for(call, PEER_TIMEOUT_S)
-        except Exception as exc:  # a dead or restarting peer is left out, not fatal
-            log.warning("agent-%d not reachable for broker list: %s", index, exc)
-            return None
-        return address
-
     async def _listen(self) -> None:
         host = self.settings.kafka_host
-        if self.settings.kafka_port == -1:
+        if self._port == -1:
             port = await self._previous_port()
             try:
                 self._server = await self._bind(host, port)
@@ -187,13 +215,19 @@ class AgentActor:
                     raise
                 self._server = await start_kafka_server(self.log, host=host, port=0)
         else:
-            self._server = await self._bind(host, self.settings.kafka_port + self.index)
-        bound = self._server.sockets[0].getsockname()
-        self.log.address = BrokerInfo(node_id=self.index, host=self._advertised(), port=bound[1])
-        if self.settings.kafka_port == -1:  # remembered for this agent's next incarnation
+            self._server = await self._bind(host, self._port)
+        await self._join(self._server.sockets[0].getsockname()[1])
+        if self._port == -1:  # remembered for this agent's next incarnation
             with contextlib.suppress(Exception):  # best effort: only a later restart needs it
+                assert self.log.address is not None
                 register = self._meta.register_agent(self.index, self.log.address)
                 await asyncio.wait_for(register, 5)
+
+    async def _join(self, port: int) -> None:
+        try:
+            await self.log.join(self._advertised(), port)
+        except Exception as exc:  # the metadata service is away: the lease loop retries
+            log.warning("agent-%d could not register yet: %s", self.index, exc)
 
     async def _previous_port(self) -> int:
         """The port this agent's previous incarnation registered (0 if unknown)."""
@@ -228,3 +262,64 @@ class AgentActor:
             log.warning("agent-%d could not start on its own: %s", self.index, exc)
         settle_heap()  # the listener's schemas are loaded: freeze what start-up built
         self._pauses.start()
+        self._watchdog = asyncio.get_running_loop().create_task(self._exit_when_orphaned())
+
+    async def _exit_when_orphaned(self) -> None:
+        """Exit once the cluster is gone: heartbeats have failed for ``ORPHAN_EXIT_S``
+        and no metadata actor exists (a restarting one still does), twice in a row."""
+        gone = 0
+        while True:
+            await asyncio.sleep(5)
+            since = self.log.membership.failing_since
+            if since is None or self._clock.monotonic_s() - since < ORPHAN_EXIT_S:
+                gone = 0
+                continue
+            try:
+                exists = await asyncio.to_thread(
+                    ray_calls.actor_exists, METADATA_ACTOR_NAME, self.settings.namespace
+                )
+            except Exception as exc:  # the GCS is away: unknown, keep serving
+                log.info("agent-%d: cannot tell whether the cluster exists: %r", self.index, exc)
+                continue
+            gone = 0 if exists else gone + 1
+            if gone >= 2:
+                log.warning("agent-%d: the cluster is gone, exiting", self.index)
+                ray.actor.exit_actor()
+
+
+def _node_zone() -> str:
+    """This Ray node's zone: resource ``zone:<name>``, else label
+    ``ray.io/availability-zone``, else "" (outside Ray, or none named)."""
+    if not ray.is_initialized():
+        return ""
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        node = next(n for n in ray.nodes() if n.get("NodeID") == node_id)
+    except Exception:  # outside an actor, or the GCS is away: no zone
+        return ""
+    for name in node.get("Resources", {}):
+        if name.startswith(ZONE_RESOURCE_PREFIX) and len(name) > len(ZONE_RESOURCE_PREFIX):
+            return str(name[len(ZONE_RESOURCE_PREFIX) :])
+    return str((node.get("Labels") or {}).get(ZONE_LABEL, ""))
+
+
+class _RayPeers:
+    """``PeerLink`` over Ray: agent ``n`` is the named actor ``agent-<n>``."""
+
+    def __init__(self, namespace: str) -> None:
+        self._namespace = namespace
+        self._handles: dict[int, Any] = {}
+
+    async def fetch_chunk(self, agent_id: int, key: str, index: int) -> bytes:
+        handle: Any = self._handles.get(agent_id)
+        if handle is None:  # a GCS call: off the event loop, within the caller's timeout
+            handle = await asyncio.to_thread(
+                ray_calls.lookup, agent_name(agent_id), self._namespace
+            )
+            self._handles[agent_id] = handle
+        try:
+            array = await ray_calls.call(handle.serve_chunk.remote(key, index))
+        except Exception:
+            self._handles.pop(agent_id, None)  # looked up again: it may have been re-created
+            raise
+        return bytes(array.data)  # one copy, so the object store's memory is released

@@ -17,18 +17,21 @@ from typing import Any
 import ray
 
 from ray_stream.actors.ray_calls import actor_exists, call, get, kill, lookup, unwrap
-from ray_stream.config import METADATA_ACTOR_NAME, Settings, agent_name
+from ray_stream.config import FLEET_ACTOR_NAME, METADATA_ACTOR_NAME, Settings, agent_name
+from ray_stream.core.fleet import AgentRecord
 
 __all__ = [
     "RAY_ENV_DEFAULTS",
     "actor_exists",
     "call",
     "create_agent",
+    "create_fleet",
     "create_metadata",
     "ensure_ray",
     "gcs_address",
     "get",
     "get_agent",
+    "get_fleet",
     "get_metadata",
     "kill",
     "unwrap",
@@ -63,6 +66,13 @@ def ensure_ray(*, address: str | None = None, namespace: str) -> bool:
     return True
 
 
+def _placed(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus ``settings.actor_resources``, unless pinned to a node."""
+    if settings.actor_resources and "scheduling_strategy" not in options:
+        return {"resources": dict(settings.actor_resources), **options}
+    return options
+
+
 def _metadata_cls() -> Any:
     from ray_stream.metadata.service import MetadataService
 
@@ -86,14 +96,40 @@ def create_metadata(settings: Settings, **options: Any) -> Any:
             max_concurrency=1000,
             max_restarts=-1,
             max_task_retries=0,
-            **options,
+            **_placed(settings, options),
         )
         .remote(settings, settle_heap=True)
     )
 
 
-def create_agent(settings: Settings, index: int, **options: Any) -> Any:
-    """Create agent ``index``; it starts its Kafka listener on its own, also on restart."""
+def _fleet_cls() -> Any:
+    from ray_stream.actors.fleet import FleetManager
+
+    return ray.remote(FleetManager)
+
+
+def create_fleet(settings: Settings, **options: Any) -> Any:
+    """Create the named fleet actor (it creates and places the agents: actors/fleet.py)."""
+    return (
+        _fleet_cls()
+        .options(
+            name=FLEET_ACTOR_NAME,
+            namespace=settings.namespace,
+            num_cpus=0,
+            max_concurrency=100,
+            max_restarts=-1,
+            max_task_retries=0,
+            **_placed(settings, options),
+        )
+        .remote(settings, create_agent)
+    )
+
+
+def create_agent(
+    settings: Settings, index: int, *, placement: AgentRecord | None = None, **options: Any
+) -> Any:
+    """Create agent ``index`` (``placement``: its group, zone, node, slot and port);
+    it starts its Kafka listener on its own, also on restart."""
     return (
         _agent_cls()
         .options(
@@ -103,14 +139,18 @@ def create_agent(settings: Settings, index: int, **options: Any) -> Any:
             max_concurrency=1000,
             max_restarts=-1,
             max_task_retries=0,
-            **options,
+            **_placed(settings, options),
         )
-        .remote(settings, index)
+        .remote(settings, index, placement=placement)
     )
 
 
 def get_metadata(namespace: str) -> Any:
     return lookup(METADATA_ACTOR_NAME, namespace)
+
+
+def get_fleet(namespace: str) -> Any:
+    return lookup(FLEET_ACTOR_NAME, namespace)
 
 
 def get_agent(namespace: str, index: int) -> Any:

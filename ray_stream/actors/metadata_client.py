@@ -23,6 +23,7 @@ from ray_stream.actors import ray_calls
 from ray_stream.clock import Clock, SystemClock
 from ray_stream.config import METADATA_ACTOR_NAME, Settings
 from ray_stream.core.backoff import Backoff
+from ray_stream.core.fleet import AgentRecord, FleetView
 from ray_stream.core.group import (
     GroupDeletion,
     GroupDescription,
@@ -170,6 +171,22 @@ class RayMetadataClient:
     async def agent_address(self, index: int) -> BrokerInfo | None:
         address: BrokerInfo | None = await self._call("agent_address", index, retry_s=0.0)
         return address
+
+    async def agent_heartbeat(
+        self, record: AgentRecord, known_version: int, wait_s: float
+    ) -> FleetView:
+        # not resent here: the agent's heartbeat loop calls again with its own backoff
+        view: FleetView = await self._call(
+            "agent_heartbeat", record, known_version, wait_s, retry_s=0.0
+        )
+        return view
+
+    async def deregister_agent(self, agent_id: int) -> None:
+        await self._call("deregister_agent", agent_id, retry_s=0.0)
+
+    async def fleet(self) -> FleetView:
+        view: FleetView = await self._call("fleet")
+        return view
 
     # --------------------------------------------------------------- internals
     async def _call(self, method: str, *args: Any, retry_s: float | None = None) -> Any:

@@ -40,18 +40,20 @@ def read_partition(agent: Any, topic: str, partition: int, start: int, end: int)
 
 @ray.remote(num_cpus=0)
 def read_partition_task(
-    namespace: str, agents: int, topic: str, partition: int, start: int, end: int
+    namespace: str, agent_ids: list[int], topic: str, partition: int, start: int, end: int
 ) -> Any:
-    return read_partition(get_agent(namespace, partition % agents), topic, partition, start, end)
+    agent = get_agent(namespace, agent_ids[partition % len(agent_ids)])
+    return read_partition(agent, topic, partition, start, end)
 
 
 def dataset_from_partitions(
-    namespace: str, agents: int, topic: str, ranges: list[tuple[int, int, int]]
+    namespace: str, agent_ids: list[int], topic: str, ranges: list[tuple[int, int, int]]
 ) -> Any:
-    """One Dataset block per partition range ``(partition, start, end)``."""
+    """One Dataset block per partition range ``(partition, start, end)``, read through
+    the agents ``agent_ids`` in turn."""
     import ray.data
 
-    refs = [read_partition_task.remote(namespace, agents, topic, p, s, e) for p, s, e in ranges]
+    refs = [read_partition_task.remote(namespace, agent_ids, topic, p, s, e) for p, s, e in ranges]
     if not refs:
         return ray.data.from_arrow(SCHEMA.empty_table())
     return ray.data.from_arrow_refs(refs)

@@ -15,13 +15,18 @@ Rules this module keeps:
    into the answer's buffer, and their base offsets are patched in place there.
 5. A committed range longer than its object is a storage fault (StorageUnavailable),
    never silently short data.
+6. **Shared per zone** (docs/design/0004-agent-fleet.md): a miss first asks ``remote``
+   (the chunk's owner in the zone), which answers None when this agent should read the
+   store itself (it owns the chunk, or the owner failed or was slow). What the owner
+   serves (``serve_chunk``) always comes from its LRU or the store, never from another
+   peer, so two agents that disagree about the owner cannot wait on each other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from ray_stream.core.lru import ByteLRU
 from ray_stream.core.types import BatchRef
@@ -31,6 +36,8 @@ CHUNK_BYTES = 16 * 1024 * 1024  # cache unit, as DESIGN.md: one GET per chunk ho
 _BASE_OFFSET = struct.Struct(">q")  # RecordBatch v2 bytes 0-8, before the CRC-covered range
 
 GetRange = Callable[[str, int, int], bytes]  # (key, start, length) -> bytes, blocking
+Chunk = bytes | memoryview
+Remote = Callable[[str, int], Awaitable[Chunk | None]]  # (key, index) -> chunk, or None
 
 
 class ChunkCache:
@@ -39,14 +46,23 @@ class ChunkCache:
     Args:
         get_range: the object store's blocking ranged GET (run in a thread).
         capacity_bytes: the cache's size bound.
+        remote: where a miss is asked first (rule 6); None: the store only.
     """
 
-    def __init__(self, get_range: GetRange, *, capacity_bytes: int) -> None:
+    def __init__(
+        self, get_range: GetRange, *, capacity_bytes: int, remote: Remote | None = None
+    ) -> None:
         self._get_range = get_range
+        self._remote = remote
         self._lru = ByteLRU(capacity_bytes)
-        self._inflight: dict[tuple[str, int], asyncio.Future[bytes | memoryview]] = {}
+        self._inflight: dict[tuple[str, int], asyncio.Task[Chunk]] = {}  # any source
+        self._inflight_store: dict[tuple[str, int], asyncio.Task[Chunk]] = {}
         self.gets = 0
         self.get_bytes = 0
+        self.peer_chunks = 0  # chunks this agent got from their owner
+        self.peer_bytes = 0
+        self.served_chunks = 0  # chunks this agent served to the others of its zone
+        self.served_bytes = 0
 
     @property
     def hits(self) -> int:
@@ -103,28 +119,58 @@ class ChunkCache:
             chunk = view[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
             self._lru.put((key, index), bytes(chunk))
 
-    async def _chunk(self, key: str, index: int) -> bytes | memoryview:
+    async def serve_chunk(self, key: str, index: int) -> Chunk:
+        """A chunk for another agent of the zone: from the LRU or the store (rule 6)."""
+        chunk = self._lru.get((key, index))
+        if chunk is None:
+            chunk = await self._shared(self._inflight_store, key, index, self._load_store)
+        self.served_chunks += 1
+        self.served_bytes += len(chunk)
+        return chunk
+
+    async def _chunk(self, key: str, index: int) -> Chunk:
         cached = self._lru.get((key, index))
         if cached is not None:
             return cached
-        inflight = self._inflight.get((key, index))
-        if inflight is not None:
-            return await asyncio.shield(inflight)
-        future: asyncio.Future[bytes | memoryview] = asyncio.get_running_loop().create_future()
-        self._inflight[(key, index)] = future
-        try:
-            data = await asyncio.to_thread(self._get_range, key, index * CHUNK_BYTES, CHUNK_BYTES)
-            self.gets += 1
-            self.get_bytes += len(data)
-            self._lru.put((key, index), data)
-            future.set_result(data)
-            return data
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # marked retrieved for when no other reader waits
-            raise
-        finally:
-            if not future.done():  # this reader was cancelled: release the others
-                future.set_exception(StorageUnavailable(f"read of {key} was cancelled"))
-                future.exception()
-            del self._inflight[(key, index)]
+        return await self._shared(self._inflight, key, index, self._load)
+
+    async def _load(self, key: str, index: int) -> Chunk:
+        if self._remote is not None:
+            chunk = await self._remote(key, index)
+            if chunk is not None:
+                self.peer_chunks += 1
+                self.peer_bytes += len(chunk)
+                self._lru.put((key, index), chunk)
+                return chunk
+        return await self._shared(self._inflight_store, key, index, self._load_store)
+
+    async def _load_store(self, key: str, index: int) -> Chunk:
+        data = await asyncio.to_thread(self._get_range, key, index * CHUNK_BYTES, CHUNK_BYTES)
+        self.gets += 1
+        self.get_bytes += len(data)
+        self._lru.put((key, index), data)
+        return data
+
+    @staticmethod
+    async def _shared(
+        inflight: dict[tuple[str, int], asyncio.Task[Chunk]],
+        key: str,
+        index: int,
+        load: Callable[[str, int], Awaitable[Chunk]],
+    ) -> Chunk:
+        """``load(key, index)`` once for every concurrent caller (rule 1). The load is
+        a task of its own: a caller that is cancelled (its client went away) leaves it
+        running for the others."""
+        task = inflight.get((key, index))
+        if task is None:
+            task = asyncio.ensure_future(load(key, index))
+            inflight[(key, index)] = task
+
+            def forget(done: asyncio.Task[Chunk]) -> None:
+                if inflight.get((key, index)) is done:
+                    del inflight[(key, index)]
+                if not done.cancelled():
+                    done.exception()  # retrieved: no "never retrieved" warning
+
+            task.add_done_callback(forget)
+        return await asyncio.shield(task)

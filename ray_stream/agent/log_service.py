@@ -25,6 +25,11 @@ Rules this module keeps:
    be read (its file is gone) makes the cache forget that partition; the fetch fails
    for that partition with a retriable error and the next one asks the metadata service.
 4. The global ``max_bytes`` of a fetch is a soft bound: the first batch always comes.
+5. **A chunk this agent does not own is asked of its owner** (``Membership.owner``: the
+   zone's ring) through ``PeerLink``, for at most ``cache_peer_timeout_ms``; an owner
+   that failed or was slow is skipped for ``SUSPECT_S`` and the store is read instead,
+   so a bad peer costs one bounded wait, never a failed read. Only an object that is
+   gone (NotFound) fails the read.
 """
 
 from __future__ import annotations
@@ -32,17 +37,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ray_stream.agent.call_order import CallOrder
-from ray_stream.agent.chunk_cache import ChunkCache
+from ray_stream.agent.chunk_cache import Chunk, ChunkCache
 from ray_stream.agent.locations import Hit, LocationCache
+from ray_stream.agent.membership import Membership
 from ray_stream.agent.segment_writer import SegmentWriter
 from ray_stream.clock import Clock
 from ray_stream.config import Settings
 from ray_stream.core.backoff import Backoff
+from ray_stream.core.fleet import AgentRecord
 from ray_stream.core.metadata_api import (
     CommitAnswer,
     CommitRequest,
@@ -55,15 +62,27 @@ from ray_stream.core.types import BatchRef, BatchResult, BrokerInfo, FetchResult
 from ray_stream.errors import NotFound, RayStreamError, StorageUnavailable
 from ray_stream.storage.base import ObjectStore
 
-__all__ = ["BrokerSource", "LogService"]
+__all__ = ["LogService", "PeerLink"]
 
 log = logging.getLogger(__name__)
 
-BrokerSource = Callable[[], Awaitable[list[BrokerInfo]]]
+SUSPECT_S = 10.0  # an owner that failed or was slow is not asked again for this long
 FetchRequest = tuple[str, int, int, int]  # (topic, partition, offset, partition_max_bytes)
 DEFAULT_FETCH_MAX_BYTES = 50 * 1024 * 1024
 CATALOG_WATCH_S = 30.0
 _WARM_UP_BATCH = SegmentBatch("warm-up", 0, b"\x00" * 64, 1, 0, 0)
+
+
+class PeerLink(Protocol):
+    """How an agent reaches the others of its zone (the actor shell: Ray calls)."""
+
+    async def fetch_chunk(self, agent_id: int, key: str, index: int) -> Chunk:
+        """Chunk ``index`` of ``key`` from agent ``agent_id``'s cache (it GETs on a miss).
+
+        Raises:
+            NotFound: the object is gone. Anything else: the peer failed.
+        """
+        ...
 
 
 @dataclass(slots=True)
@@ -90,8 +109,10 @@ class LogService:
         store: the object store segments are written to and read from.
         metadata: the metadata service, or the Ray adapter in front of it.
         clock / rand: injected time and randomness.
-        brokers: the live agents' Kafka listeners (the actor shell knows its peers);
-            None: only this agent's own ``address``.
+        record: this agent in the fleet (zone, group, roles); default: the default
+            group, no zone.
+        peers: how to reach the others of its zone for chunks they own (rule 5);
+            None: every read goes to the store.
     """
 
     def __init__(
@@ -103,7 +124,8 @@ class LogService:
         metadata: MetadataClient,
         clock: Clock,
         rand: random.Random | None = None,
-        brokers: BrokerSource | None = None,
+        record: AgentRecord | None = None,
+        peers: PeerLink | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = node_id
@@ -111,8 +133,21 @@ class LogService:
         self.store = store
         self.address: BrokerInfo | None = None
         self._clock = clock
-        self._brokers = brokers
-        self._cache = ChunkCache(store.get_range, capacity_bytes=settings.cache_bytes)
+        self._rand = rand if rand is not None else random.Random()
+        self.membership = Membership(
+            metadata,
+            record=record if record is not None else AgentRecord(node_id, "", 0),
+            clock=clock,
+            rand=self._rand,
+        )
+        self._peers = peers if settings.cache_shared else None
+        self._suspects: dict[int, float] = {}
+        self._peer_timeouts = 0
+        self._cache = ChunkCache(
+            store.get_range,
+            capacity_bytes=settings.cache_bytes,
+            remote=self._from_owner if self._peers is not None else None,
+        )
         self._locations = LocationCache(clock)
         self._writer = SegmentWriter(
             settings,
@@ -122,22 +157,66 @@ class LogService:
             on_written=self._cache.put_object,
             on_committed=self._learn_commit,
             clock=clock,
-            rand=rand if rand is not None else random.Random(),
+            rand=self._rand,
         )
         self._order = CallOrder(clock)
-        self._rand = rand if rand is not None else random.Random()
         self._watcher: asyncio.Task[None] | None = None
         self._current_commits: set[str] = set()  # committed under the known catalog
         self._closed = False
         self._fetches = 0
         self._locates = 0
+        self._served_bytes = 0
+        self._cross_zone_bytes = 0
 
-    # ------------------------------------------------------------------ brokers
-    async def brokers(self) -> list[BrokerInfo]:
-        """The agents clients may talk to; includes this one once it listens."""
-        if self._brokers is not None:
-            return await self._brokers()
-        return [self.address] if self.address is not None else []
+    # ------------------------------------------------------------------- fleet
+    @property
+    def record(self) -> AgentRecord:
+        return self.membership.record
+
+    async def join(self, host: str, port: int) -> None:
+        """Join the fleet, with the Kafka listener up at ``host:port`` (port 0: none)."""
+        zone = self.record.zone or None
+        if port:
+            self.address = BrokerInfo(node_id=self.node_id, host=host, port=port, rack=zone)
+        await self.membership.join(host, port)
+
+    async def brokers(self, zone: str | None = None) -> list[BrokerInfo]:
+        """The agents a Kafka client of ``zone`` (None: none named) may talk to: the
+        live agents of this agent's group, of that zone when it has any
+        (core/fleet.py rule 1); includes this one once it listens."""
+        found = self.membership.discover(zone)
+        if not found and self.address is not None:
+            found = [self.address]
+        return found
+
+    async def serve_chunk(self, key: str, index: int) -> Chunk:
+        """A chunk this agent owns, for another agent of its zone (rule 5).
+
+        Raises:
+            NotFound: the object is gone. StorageUnavailable: the GET failed.
+        """
+        return await self._cache.serve_chunk(key, index)
+
+    async def _from_owner(self, key: str, index: int) -> Chunk | None:
+        """The chunk from its owner in the zone, or None: read the store (rule 5)."""
+        owner = self.membership.owner(key, index)
+        now = self._clock.monotonic_s()
+        if self._peers is None or owner is None or owner == self.node_id:
+            return None
+        if self._suspects.get(owner, 0.0) > now:
+            return None
+        timeout_s = self.settings.cache_peer_timeout_ms / 1000
+        try:
+            return await asyncio.wait_for(self._peers.fetch_chunk(owner, key, index), timeout_s)
+        except NotFound:
+            raise
+        except Exception as exc:  # a dead, restarting or slow owner: read the store
+            self._peer_timeouts += 1
+            self._suspects[owner] = now + SUSPECT_S
+            log.info(
+                "agent-%d: owner agent-%d of %s#%d failed: %r", self.node_id, owner, key, index, exc
+            )
+            return None
 
     # --------------------------------------------------------------- write path
     async def produce(
@@ -190,6 +269,7 @@ class LogService:
         """``drain``, then stop the background catalog watch."""
         await self.drain()
         self._closed = True
+        await self.membership.close()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.cancel()
@@ -242,6 +322,7 @@ class LogService:
         max_wait_ms: int = 0,
         min_bytes: int = 1,
         max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
+        client_zone: str | None = None,
     ) -> list[FetchResult]:
         """Read batches from the given offsets, waiting up to ``max_wait_ms`` for data.
 
@@ -251,6 +332,7 @@ class LogService:
                 the metadata service answers as soon as commits bring enough.
             min_bytes: answer as soon as this many bytes are available.
             max_bytes: soft bound on the whole answer (the first batch always comes).
+            client_zone: the zone the client named, for the cross-zone byte count.
 
         Returns:
             One FetchResult per request, in order.
@@ -268,7 +350,16 @@ class LogService:
             stale = [slot for slot in slots if slot.cached] if version != known else []
             if stale:  # a topic was deleted since the cache learned these (rule 1)
                 await self._locate(stale, wait_ms=0, min_bytes=1)
-        return await self._read(slots, max_bytes)
+        results = await self._read(slots, max_bytes)
+        served = sum(len(r.records) for r in results)
+        self._served_bytes += served
+        if (
+            client_zone
+            and client_zone != self.record.zone
+            and client_zone in self.membership.zones()
+        ):
+            self._cross_zone_bytes += served  # an unknown zone is no zone (core/fleet.py)
+        return results
 
     def _use(self, slot: _Slot, hit: Hit | None) -> None:
         if hit is not None:
@@ -369,8 +460,20 @@ class LogService:
         cache, locations = self._cache, self._locations
         return {
             **self._writer.report(window_s),
+            "agent_id": self.node_id,
+            "listener": f"{self.address.host}:{self.address.port}" if self.address else "",
+            "zone": self.record.zone,
+            "group": self.record.group,
             "gets": cache.gets,
             "get_bytes": cache.get_bytes,
+            "peer_chunks": cache.peer_chunks,
+            "peer_bytes": cache.peer_bytes,
+            "served_chunks": cache.served_chunks,
+            "served_bytes": cache.served_bytes,
+            "peer_failures": self._peer_timeouts,
+            "client_bytes": self._served_bytes,
+            "cross_zone_bytes": self._cross_zone_bytes,
+            "ring": self.membership.ring(),
             "fetches": self._fetches,
             "locates": self._locates,
             "cache_hits": cache.hits,

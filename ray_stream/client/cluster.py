@@ -7,20 +7,34 @@ how to reach it in ``~/.ray_stream/cluster.json``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from ray_stream.actors import handles
-from ray_stream.config import METADATA_ACTOR_NAME, NAMESPACE, Settings, settings_from_env, state_dir
+from ray_stream.config import (
+    DEFAULT_GROUP,
+    METADATA_ACTOR_NAME,
+    NAMESPACE,
+    GroupSpec,
+    Settings,
+    parse_group,
+    settings_from_env,
+    state_dir,
+    unique_groups,
+)
+from ray_stream.core.fleet import AgentRecord, FleetView
 from ray_stream.core.types import BrokerInfo, TopicInfo
 from ray_stream.errors import InvalidPartitions, InvalidRequest, Unavailable
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "cluster.json"
+VIEW_TTL_S = 2.0  # how long the fleet view is reused for picking agents
 
 
 class Cluster:
@@ -37,7 +51,7 @@ class Cluster:
         *,
         owned: bool,
         started_ray: bool,
-        actors: tuple[Any, list[Any]] | None = None,
+        actors: tuple[Any, Any] | None = None,
     ) -> None:
         self.settings = settings
         self._owned = owned
@@ -45,13 +59,12 @@ class Cluster:
         # The creating handles must stay referenced: Ray destroys a non-detached actor
         # once its creator's handles are gone.
         if actors is not None:
-            self._metadata, self._agents = actors
+            self._metadata, self._fleet = actors
         else:
             self._metadata = handles.get_metadata(settings.namespace)
-            self._agents = [
-                handles.get_agent(settings.namespace, i) for i in range(settings.agents)
-            ]
-        self._brokers: list[BrokerInfo] | None = None
+            self._fleet = None
+        self._view: FleetView | None = None
+        self._view_at = 0.0
         self._closed = False
 
     # ------------------------------------------------------------------ topics
@@ -117,27 +130,106 @@ class Cluster:
 
     # ------------------------------------------------------------- plumbing
 
-    def agent(self, index: int) -> Any:
-        return self._agents[index % len(self._agents)]
+    def fleet(self, *, refresh: bool = False) -> FleetView:
+        """The live agents (their ids, listeners, zones, groups), as the metadata
+        service's registry has them."""
+        now = time.monotonic()
+        if self._view is None or refresh or now - self._view_at > VIEW_TTL_S:
+            self._view = handles.get(self._metadata.fleet.remote())
+            self._view_at = now
+        return self._view
+
+    def agents(
+        self, *, zone: str | None = None, role: str | None = None, group: str = DEFAULT_GROUP
+    ) -> list[AgentRecord]:
+        """The live agents of ``group`` that serve ``role``, of ``zone`` when it has any
+        (core/fleet.py rule 1). Waits up to 60 s for a first agent to register."""
+        deadline = time.monotonic() + 60
+        while True:
+            view = self.fleet(refresh=self._view is not None and not self._view.agents)
+            found = [a for a in view.discover(group, zone) if role is None or a.serves(role)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+            self._view = None
+
+    def agent(self, index: int, *, zone: str | None = None, role: str | None = None) -> Any:
+        """The handle of live agent ``index`` (modulo their number) of the default group,
+        of ``zone`` when it has agents.
+
+        Raises:
+            Unavailable: no agent is alive (or none serves ``role``).
+        """
+        found = self.agents(zone=zone, role=role)
+        if not found:
+            raise Unavailable(
+                f"no live agent{' serves ' + role if role else ''}: is the cluster running? "
+                "`ray-stream status` shows the fleet"
+            )
+        return self.agent_by_id(found[index % len(found)].agent_id)
+
+    def agent_by_id(self, agent_id: int) -> Any:
+        """The handle of agent ``agent_id`` (the actor ``agent-<id>``), alive or not.
+
+        Raises:
+            Unavailable: no such actor.
+        """
+        # Not cached: ids are reused (scale down then up, nodes that come and go), and
+        # a handle outlives the actor it named.
+        return handles.get_agent(self.settings.namespace, agent_id)
+
+    @property
+    def agent_count(self) -> int:
+        """How many agents of the default group are alive."""
+        return len(self.agents())
 
     @property
     def metadata(self) -> Any:
         return self._metadata
 
-    def brokers(self) -> list[BrokerInfo]:
-        if self._brokers is None:
-            found = [handles.get(a.kafka_address.remote()) for a in self._agents]
-            self._brokers = [b for b in found if b is not None]
-        return self._brokers
+    def brokers(self, zone: str | None = None, group: str = DEFAULT_GROUP) -> list[BrokerInfo]:
+        """The Kafka listeners a client of ``zone`` bootstrapping to ``group`` sees."""
+        return [a.broker for a in self.fleet(refresh=True).discover(group, zone) if a.port]
 
     @property
     def bootstrap_servers(self) -> str:
-        """``host:port,...`` of the agents' Kafka listeners ('' when disabled)."""
+        """``host:port,...`` of the default group's Kafka listeners ('' when disabled)."""
         return ",".join(f"{b.host}:{b.port}" for b in self.brokers())
 
+    def scale(self, agents: int, group: str = DEFAULT_GROUP) -> list[AgentRecord]:
+        """Run ``agents`` agents in ``group`` (an embedded cluster; new ones serve when
+        this returns, removed ones flushed first).
+
+        Raises:
+            InvalidConfig: per-node clusters, unknown groups, no agent left.
+        """
+        placed = handles.get(self._fleet_handle().scale.remote(agents, group), timeout_s=300)
+        self.fleet(refresh=True)
+        return placed
+
+    def _fleet_handle(self) -> Any:
+        if self._fleet is None:
+            self._fleet = handles.get_fleet(self.settings.namespace)
+        return self._fleet
+
     def status(self) -> dict[str, Any]:
+        """The metadata actor, each live agent's counters, and their sums per zone."""
         meta = handles.get(self._metadata.ping.remote())
-        agents = [handles.get(a.stats.remote()) for a in self._agents]
+        view = self.fleet(refresh=True)
+        refs: list[Any] = []
+        for a in view.agents:
+            try:
+                refs.append(self.agent_by_id(a.agent_id).stats.remote())
+            except Exception as exc:  # listed until its lease ends, but gone
+                refs.append(exc)
+        agents = []
+        for record, ref in zip(view.agents, refs, strict=True):
+            try:
+                if isinstance(ref, Exception):
+                    raise ref
+                agents.append(handles.get(ref, timeout_s=30))
+            except Exception as exc:  # a dying agent: reported, not fatal
+                agents.append({"agent_id": record.agent_id, "zone": record.zone, "error": str(exc)})
         return {
             "namespace": self.settings.namespace,
             "object_store": self.settings.resolved_object_store,
@@ -145,6 +237,7 @@ class Cluster:
             "kafka": self.bootstrap_servers,
             "metadata": meta,
             "agents": agents,
+            "zones": zone_totals(agents),
         }
 
     def shutdown(self) -> None:
@@ -154,13 +247,11 @@ class Cluster:
         self._closed = True
         if not self._owned:
             return
-        for agent in self._agents:
-            try:
-                handles.get(agent.stop.remote(), timeout_s=30)
-            except Exception as exc:  # a dead agent has nothing left to flush
-                log.warning("agent stop failed: %s", exc)
-        for agent in self._agents:
-            handles.kill(agent)
+        try:
+            handles.get(self._fleet_handle().stop_all.remote(), timeout_s=120)
+        except Exception as exc:  # agents of a dead fleet exit once the cluster is gone
+            log.warning("fleet stop failed: %s", exc)
+        handles.kill(self._fleet_handle())
         try:
             handles.get(self._metadata.close.remote(), timeout_s=30)
         except Exception as exc:
@@ -189,6 +280,9 @@ def start_local(
     namespace: str | None = None,
     settings: Settings | None = None,
     address: str | None = None,
+    zones: list[str] | tuple[str, ...] | None = None,
+    groups: list[GroupSpec | str] | None = None,
+    agents_per_node: int | None = None,
     **extra: Any,
 ) -> Cluster:
     """Start the embedded cluster in this process's Ray and return its handle.
@@ -204,6 +298,12 @@ def start_local(
         settings: a full Settings; the keyword arguments above override it.
         address: run the cluster's actors in an existing Ray cluster (``auto`` or
             ``host:port``, as on a ``ray up`` head node) instead of a new local Ray.
+        zones: simulated availability zones: agent n is in ``zones[n % len(zones)]``
+            (default: each agent takes its Ray node's zone, or none).
+        groups: agent groups besides ``default``: ``GroupSpec``s or
+            ``"name:agents=N,port=P,roles=produce+consume"`` strings.
+        agents_per_node: keep this many agents of each group on every alive Ray node
+            (following nodes that join and leave) instead of a fixed number.
 
     Raises:
         InvalidConfig: a setting is out of range (the message names it).
@@ -217,6 +317,11 @@ def start_local(
         flush_bytes=flush_bytes,
         kafka_port=kafka_port,
         namespace=namespace,
+        zones=tuple(zones) if zones is not None else None,
+        groups=unique_groups([parse_group(g) if isinstance(g, str) else g for g in groups])
+        if groups is not None
+        else None,
+        agents_per_node=agents_per_node,
         **extra,
     )
     if settings is not None:
@@ -232,19 +337,19 @@ def start_local(
         )
     metadata = handles.create_metadata(settings)
     handles.get(metadata.ping.remote(), timeout_s=120)
-    agents_ = [handles.create_agent(settings, i) for i in range(settings.agents)]
+    fleet = handles.create_fleet(settings)
     try:
-        for agent in agents_:
-            handles.get(agent.start.remote(), timeout_s=120)
-    except OSError as exc:
-        for agent in agents_:
-            handles.kill(agent)
+        handles.get(fleet.start.remote(), timeout_s=300)
+    except Unavailable as exc:
+        with contextlib.suppress(Exception):
+            handles.get(fleet.stop_all.remote(), timeout_s=60)
+        handles.kill(fleet)
         handles.kill(metadata)
         raise Unavailable(
-            f"could not listen for Kafka clients on {settings.kafka_host}:{settings.kafka_port}: "
-            f"{exc}; pass --kafka-port with a free port (or 0 to disable)"
+            f"could not start the agents ({exc}); if a Kafka port is taken, pass "
+            "--kafka-port with a free port (or 0 to disable)"
         ) from exc
-    return Cluster(settings, owned=True, started_ray=started_ray, actors=(metadata, agents_))
+    return Cluster(settings, owned=True, started_ray=started_ray, actors=(metadata, fleet))
 
 
 def connect(address: str | None = None, *, namespace: str | None = None) -> Cluster:
@@ -276,6 +381,31 @@ def connect(address: str | None = None, *, namespace: str | None = None) -> Clus
     meta = handles.get_metadata(ns)
     settings: Settings = handles.get(meta.settings.remote())
     return Cluster(settings, owned=False, started_ray=False)
+
+
+ZONE_COUNTERS = (
+    "gets",
+    "get_bytes",
+    "cache_hits",
+    "cache_misses",
+    "peer_chunks",
+    "peer_bytes",
+    "served_chunks",
+    "served_bytes",
+    "client_bytes",
+    "cross_zone_bytes",
+)
+
+
+def zone_totals(agents: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per zone ("" : none): agent count and the sums of the counters that cost money."""
+    zones: dict[str, dict[str, int]] = {}
+    for stats in agents:
+        total = zones.setdefault(str(stats.get("zone", "")), {"agents": 0})
+        total["agents"] += 1
+        for key in ZONE_COUNTERS:
+            total[key] = total.get(key, 0) + int(stats.get(key, 0) or 0)
+    return zones
 
 
 def write_state(cluster: Cluster) -> Path:

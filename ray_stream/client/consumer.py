@@ -17,7 +17,7 @@ from typing import Any
 from ray_stream.actors import handles
 from ray_stream.core.metadata_api import OffsetCommitRequest
 from ray_stream.core.types import CommittedOffset, TopicPartition
-from ray_stream.errors import InvalidConfig, InvalidRequest, OffsetOutOfRange
+from ray_stream.errors import InvalidConfig, InvalidRequest, OffsetOutOfRange, Unavailable
 from ray_stream.kafka.records import decode_batch, split_batches
 
 EARLIEST = -2
@@ -57,6 +57,9 @@ class Consumer:
         max_poll_records: at most this many records per ``poll``.
         fetch_max_wait_ms: how long an agent holds a fetch open waiting for data.
         max_partition_fetch_bytes: per-partition bound of one fetch.
+        agent: which agent to read through (default: spread consumers over the agents).
+        zone: this client's availability zone: it reads through an agent of that zone
+            when one is alive (no cross-zone traffic), else through any agent.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Consumer:
         fetch_max_wait_ms: int = 500,
         max_partition_fetch_bytes: int = 4 * 1024 * 1024,
         agent: int | None = None,
+        zone: str | None = None,
     ) -> None:
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise InvalidConfig(
@@ -82,7 +86,9 @@ class Consumer:
         self._max_poll_records = max_poll_records
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._partition_bytes = max_partition_fetch_bytes
-        self._agent = cluster.agent(agent if agent is not None else id(self) // 16)
+        self.zone = zone
+        self._agent_index = agent if agent is not None else id(self) // 16
+        self._agent = cluster.agent(self._agent_index, zone=zone, role="consume")
         self._meta = cluster.metadata
         self._assigned: list[TopicPartition] = []
         self._position: dict[TopicPartition, int] = {}
@@ -187,7 +193,15 @@ class Consumer:
         requests = [
             (tp.topic, tp.partition, self._fetch_pos[tp], self._partition_bytes) for tp in tps
         ]
-        results = handles.get(self._agent.fetch.remote(requests, max_wait_ms, 1, 64 * 1024 * 1024))
+        try:
+            results = handles.get(
+                self._agent.fetch.remote(
+                    requests, max_wait_ms, 1, 64 * 1024 * 1024, client_zone=self.zone
+                )
+            )
+        except Unavailable:  # retired (scaled down, its node left) or restarting
+            self._agent = self._cluster.agent(self._agent_index, zone=self.zone, role="consume")
+            raise
         for tp, result in zip(tps, results, strict=True):
             if isinstance(result.error, OffsetOutOfRange):
                 if self._reset == "none":

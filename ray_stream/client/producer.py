@@ -86,6 +86,8 @@ class Producer:
         compression: None, "gzip", "snappy", "lz4" or "zstd".
         buffer_bytes: ``send`` blocks while this many bytes wait to be acknowledged.
         agent: which agent to talk to (default: spread producers round-robin).
+        zone: this client's availability zone: it talks to an agent of that zone when
+            one is alive (no cross-zone traffic), else to any agent.
     """
 
     _next_agent = 0
@@ -99,8 +101,10 @@ class Producer:
         compression: str | None = None,
         buffer_bytes: int = 32 * 1024 * 1024,
         agent: int | None = None,
+        zone: str | None = None,
     ) -> None:
         self._cluster = cluster
+        self.zone = zone
         self._linger_s = linger_ms / 1000
         self._batch_bytes = batch_bytes
         self._compression = compression
@@ -109,7 +113,9 @@ class Producer:
         if agent is None:
             agent = Producer._next_agent
             Producer._next_agent += 1
-        self._agent = cluster.agent(agent)
+        self._agent_index = agent
+        self._agent = cluster.agent(agent, zone=zone, role="produce")
+        self._agent_gone = False  # the agent went away: pick a live one before the next call
         self._partitions: dict[str, int] = {}
         self._acc: dict[tuple[str, int], _Accumulator] = {}
         self._jobs: list[Any] = []
@@ -391,6 +397,9 @@ class Producer:
     ) -> None:
         """One agent call; ``done`` gets the per-batch results, or the exception that
         failed the call. Nothing is resent: a resend could land after later batches."""
+        if self._agent_gone:
+            self._agent_gone = False
+            self._agent = self._cluster.agent(self._agent_index, zone=self.zone, role="produce")
         ref = self._agent.produce.remote(items, -1, **self._turn())
 
         def on_reply(fut: Future[list[BatchResult]]) -> None:
@@ -398,7 +407,10 @@ class Producer:
                 results = list(fut.result())
             except BaseException as exc:
                 self._new_session()
-                done(handles.unwrap(exc))
+                error = handles.unwrap(exc)
+                if isinstance(error, Unavailable):  # retired or restarting: pick again
+                    self._agent_gone = True
+                done(error)
                 return
             done(results)
 

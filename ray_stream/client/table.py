@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from ray_stream.actors.reader import dataset_from_partitions, read_partition
-from ray_stream.errors import InvalidRequest, UnknownTopicOrPartition
+from ray_stream.errors import InvalidRequest, Unavailable, UnknownTopicOrPartition
 from ray_stream.kafka.tables import SCHEMA
 
 
@@ -57,9 +57,10 @@ def read_table(
 
 def read_dataset(cluster: Any, topic: str, *, partitions: list[int] | None) -> Any:
     ranges = [r for r in _ranges(cluster, topic, partitions, None, None) if r[1] < r[2]]
-    return dataset_from_partitions(
-        cluster.settings.namespace, cluster.settings.agents, topic, ranges
-    )
+    agent_ids = [a.agent_id for a in cluster.agents(role="consume")]
+    if not agent_ids:
+        raise Unavailable("no live agent serves consume: `ray-stream status` shows the fleet")
+    return dataset_from_partitions(cluster.settings.namespace, agent_ids, topic, ranges)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ray_stream.config import Settings
+from ray_stream.core.fleet import AgentRecord, FleetView
 from ray_stream.core.group import (
     GroupDeletion,
     GroupDescription,
@@ -491,13 +492,23 @@ class Groups(Protocol):
 
 
 class Registry(Protocol):
-    """The cluster's own bookkeeping: settings and where agents listen."""
+    """The cluster's own bookkeeping: settings, and the live agents (their leases)."""
 
     async def settings(self) -> Settings: ...
 
     async def register_agent(self, index: int, address: BrokerInfo) -> None: ...
 
     async def agent_address(self, index: int) -> BrokerInfo | None: ...
+
+    async def agent_heartbeat(
+        self, record: AgentRecord, known_version: int, wait_s: float
+    ) -> FleetView:
+        """Renew the agent's lease; the fleet once it differs from ``known_version``."""
+        ...
+
+    async def deregister_agent(self, agent_id: int) -> None: ...
+
+    async def fleet(self) -> FleetView: ...
 
 
 class MetadataClient(Sequencing, Topics, Groups, Registry, Protocol):

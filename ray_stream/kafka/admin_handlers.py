@@ -16,6 +16,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from ray_stream.config import Settings
+from ray_stream.core.fleet import client_zone
 from ray_stream.core.topic_name import validate_topic_name
 from ray_stream.core.types import TopicInfo
 from ray_stream.errors import (
@@ -234,11 +235,14 @@ class AdminHandlers:
 
     async def _describe_cluster(self, request: Request, client_host: str) -> dict[str, Any]:
         backend = self._backend
-        brokers = sorted(await backend.brokers(), key=lambda b: b.node_id)
+        zone = client_zone(request.client_id)
+        brokers = sorted(await backend.brokers(zone), key=lambda b: b.node_id)
         return {
             "error_code": 0,
             "cluster_id": cluster_id(self._settings),
-            "controller_id": backend.node_id,
+            "controller_id": brokers[0].node_id
+            if brokers and all(b.node_id != backend.node_id for b in brokers)
+            else backend.node_id,
             "endpoint_type": getattr(request.body, "endpoint_type", ENDPOINT_TYPE_BROKERS),
             "brokers": [
                 {"broker_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}

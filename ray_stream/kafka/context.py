@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ray_stream.config import Settings
+from ray_stream.core.fleet import AgentRecord
 from ray_stream.core.metadata_api import MetadataClient
 from ray_stream.core.types import BatchResult, BrokerInfo, FetchResult, TopicInfo
+from ray_stream.errors import RoleNotServed
 
 if TYPE_CHECKING:
     from ray_stream.kafka.protocol import Request
@@ -27,6 +29,7 @@ __all__ = [
     "TopicNames",
     "cluster_id",
     "own_broker",
+    "role_error",
 ]
 
 NO_AUTHORIZED_OPERATIONS = -(2**31)  # Kafka's "not requested" sentinel
@@ -38,15 +41,21 @@ class KafkaBackend(Protocol):
     ``produce`` must take its entries in (buffer them) before its first suspension
     point: the server starts one connection's handlers in request order, and that is
     what keeps an idempotent producer's pipelined batches in sequence order; it also
-    validates every batch (size, CRC), so the handlers never do. ``brokers()`` must
-    include this agent (``node_id``) once its listener is up.
+    validates every batch (size, CRC), so the handlers never do. ``brokers(zone)`` lists
+    the agents a client of that zone should see (core/fleet.py rule 1), and must include
+    this agent (``node_id``) once its listener is up unless the zone has agents of its
+    own. ``record`` says which roles this agent serves.
     """
 
     node_id: int
     settings: Settings
     meta: MetadataClient
+    address: BrokerInfo | None  # this agent's listener, once it is up
 
-    async def brokers(self) -> list[BrokerInfo]: ...
+    @property
+    def record(self) -> AgentRecord: ...
+
+    async def brokers(self, zone: str | None = None) -> list[BrokerInfo]: ...
 
     async def produce(
         self, entries: Sequence[tuple[str, int, bytes | memoryview]], acks: int = -1
@@ -59,6 +68,7 @@ class KafkaBackend(Protocol):
         max_wait_ms: int = 0,
         min_bytes: int = 1,
         max_bytes: int = ...,
+        client_zone: str | None = None,
     ) -> list[FetchResult]: ...
 
 
@@ -70,12 +80,29 @@ def cluster_id(settings: Settings) -> str:
     return f"ray-stream-{settings.namespace}"
 
 
-async def own_broker(backend: KafkaBackend) -> BrokerInfo | None:
-    """This agent's listener, or None while it is not registered yet."""
-    for broker in await backend.brokers():
-        if broker.node_id == backend.node_id:
-            return broker
-    return None
+def role_error(backend: KafkaBackend, role: str) -> RoleNotServed | None:
+    """The error for a client that asks this agent for a ``role`` it does not serve."""
+    record = backend.record
+    if record.serves(role):
+        return None
+    return RoleNotServed(
+        f"agent group {record.group!r} serves {'/'.join(sorted(record.roles))}, not {role}: "
+        f"bootstrap to the address of a group that serves {role}"
+    )
+
+
+async def own_broker(backend: KafkaBackend, zone: str | None = None) -> BrokerInfo | None:
+    """The agent a client of ``zone`` should use as coordinator or controller: this one
+    unless the client's zone has agents and this is not one of them (then the first of
+    them: every agent serves group and admin requests), or None while this agent's
+    listener is not up yet."""
+    me = backend.address
+    if me is None or not zone:
+        return me
+    listed = sorted(await backend.brokers(zone), key=lambda b: b.node_id)
+    if not listed or any(b.node_id == me.node_id for b in listed):
+        return me
+    return listed[0]
 
 
 class TopicNames:

@@ -34,6 +34,8 @@ _BY_CLASS: dict[type[BaseException], ErrorCode] = {
     errors.InvalidProducerEpoch: ErrorCode.invalid_producer_epoch,
     errors.InvalidConfig: ErrorCode.invalid_config,
     errors.InvalidRequest: ErrorCode.invalid_request,
+    # An agent group restricted to other roles (produce, consume): not retriable there.
+    errors.RoleNotServed: ErrorCode.policy_violation,
     # Retriable: the object store failed or a segment vanished under a racing
     # compaction; KAFKA_STORAGE_ERROR makes clients refresh metadata and retry.
     errors.StorageUnavailable: ErrorCode.kafka_storage_error,

@@ -18,6 +18,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from ray_stream.core.fleet import client_zone
 from ray_stream.core.metadata_api import (
     HeartbeatRequest,
     JoinRequest,
@@ -79,7 +80,7 @@ class GroupHandlers:
 
     async def _find_coordinator(self, request: Request, client_host: str) -> dict[str, Any]:
         body = request.body
-        me = await own_broker(self._backend)
+        me = await own_broker(self._backend, client_zone(request.client_id))
         key_type = getattr(body, "key_type", KEY_TYPE_GROUP)
         code, message = ErrorCode.none, None
         if key_type != KEY_TYPE_GROUP:  # transactions and share groups are not served

@@ -14,7 +14,10 @@ Rules:
 - Produce keeps batches opaque: split them and pass the bytes through; the backend
   validates each batch once (size, CRC). A request's partitions go to the backend in one
   ``produce`` call; acks=0 gets no response. Any agent serves any partition; "leaders"
-  in Metadata only spread load.
+  in Metadata only spread load, over the agents of the client's group and zone
+  (``client.id`` ``ray_stream_az=<zone>``, core/fleet.py) with the zone as ``rack``.
+- An agent whose group does not serve a role (produce, consume) answers that role's
+  requests with POLICY_VIOLATION and a message naming the group.
 - Any agent coordinates any group (group state lives with the metadata service), so
   FindCoordinator always answers with this agent.
 
@@ -29,6 +32,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from ray_stream.core.fleet import client_zone
 from ray_stream.core.metadata_api import OffsetAnswer
 from ray_stream.core.types import BatchResult, BrokerInfo, FetchResult, TopicInfo
 from ray_stream.errors import (
@@ -44,6 +48,7 @@ from ray_stream.kafka.context import (
     KafkaBackend,
     TopicNames,
     cluster_id,
+    role_error,
 )
 from ray_stream.kafka.errors_map import error_code, error_message, note_unexpected
 from ray_stream.kafka.group_handlers import GroupHandlers
@@ -99,7 +104,8 @@ class KafkaHandlers:
     # ---------------------------------------------------------------- Metadata
     async def _metadata(self, request: Request, client_host: str) -> dict[str, Any]:
         body, version = request.body, request.api_version
-        brokers = sorted(await self.backend.brokers(), key=lambda b: b.node_id)
+        zone = client_zone(request.client_id)
+        brokers = sorted(await self.backend.brokers(zone), key=lambda b: b.node_id)
         topics = await self.meta.list_topics()
         self.names.remember(topics, complete=True)
         by_name = {t.name: t for t in topics}
@@ -131,7 +137,7 @@ class KafkaHandlers:
                 for b in brokers
             ],
             "cluster_id": cluster_id(self.settings),
-            "controller_id": self.backend.node_id,
+            "controller_id": _controller(self.backend.node_id, brokers),
             "topics": entries,
             "cluster_authorized_operations": NO_AUTHORIZED_OPERATIONS,
         }
@@ -158,9 +164,9 @@ class KafkaHandlers:
                 batches, code, message = self._check_records(part.records)
                 slots.append((topic.name, part.index, code, message, len(entries), len(batches)))
                 entries.extend((topic.name, part.index, batch) for batch in batches)
-        failure: Exception | None = None
+        failure: Exception | None = role_error(self.backend, "produce")
         results: list[BatchResult] = []
-        if entries:
+        if entries and failure is None:
             try:
                 results = await self.backend.produce(entries, body.acks)
             except Exception as exc:
@@ -225,7 +231,7 @@ class KafkaHandlers:
                     wanted.append(
                         (name, part.partition, part.fetch_offset, part.partition_max_bytes)
                     )
-        results = iter(await self._backend_fetch(wanted, body))
+        results = iter(await self._backend_fetch(wanted, body, client_zone(request.client_id)))
         responses = []
         for key, name, partitions in layout:
             parts = []
@@ -242,16 +248,20 @@ class KafkaHandlers:
         return {"error_code": 0, "session_id": 0, "responses": responses, "node_endpoints": []}
 
     async def _backend_fetch(
-        self, wanted: list[tuple[str, int, int, int]], body: Any
+        self, wanted: list[tuple[str, int, int, int]], body: Any, zone: str | None
     ) -> list[FetchResult]:
         if not wanted:
             return []
+        refused = role_error(self.backend, "consume")
+        if refused is not None:
+            return [FetchResult(t, p, refused, -1, -1) for t, p, _, _ in wanted]
         try:
             return await self.backend.fetch(
                 wanted,
                 max_wait_ms=max(0, int(body.max_wait.total_seconds() * 1000)),
                 min_bytes=max(0, body.min_bytes),
                 max_bytes=max(1, getattr(body, "max_bytes", 52428800)),
+                client_zone=zone,
             )
         except Exception as exc:
             failure = note_unexpected(exc, "fetch")
@@ -367,3 +377,11 @@ def _fetch_partition(index: int, code: Any, result: FetchResult) -> dict[str, An
 
 def _fetch_error(index: int, code: ErrorCode) -> dict[str, Any]:
     return _fetch_partition(index, code, FetchResult("", index, None, -1, -1))
+
+
+def _controller(node_id: int, brokers: list[BrokerInfo]) -> int:
+    """This agent, unless the client's zone lists others only (then the first of them:
+    every agent serves admin requests)."""
+    if not brokers or any(b.node_id == node_id for b in brokers):
+        return node_id
+    return brokers[0].node_id

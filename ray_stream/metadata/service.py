@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from ray_stream.clock import Clock, SystemClock
 from ray_stream.config import Settings
+from ray_stream.core.fleet import AgentRecord, FleetView
 from ray_stream.core.group import (
     GroupDeletion,
     GroupDescription,
@@ -70,6 +71,7 @@ from ray_stream.core.types import BrokerInfo, CommittedOffset, TopicInfo, TopicP
 from ray_stream.errors import GroupIdNotFound, RayStreamError, StorageUnavailable
 from ray_stream.metadata.group_service import GroupService
 from ray_stream.metadata.object_journal import ObjectJournal
+from ray_stream.metadata.registry import AgentRegistry
 from ray_stream.metadata.writer import MetadataWriter
 from ray_stream.storage.base import ObjectStore
 from ray_stream.storage.url import open_store
@@ -119,7 +121,7 @@ class MetadataService:
         self._catalog_version = recovered.epoch << 32  # + 1 per topic deletion (rule 7)
         self._catalog_changed = asyncio.Event()
         self._groups = GroupService(self._clock)
-        self._agents: dict[int, BrokerInfo] = {}
+        self._registry = AgentRegistry(self._clock)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writer = MetadataWriter(
             settings,
@@ -388,11 +390,26 @@ class MetadataService:
 
     async def register_agent(self, index: int, address: BrokerInfo) -> None:
         """Remember where agent ``index`` listens, so a restarted agent can reuse it."""
-        self._agents[index] = address
+        self._registry.remember_address(index, address)
 
     async def agent_address(self, index: int) -> BrokerInfo | None:
         """The listener agent ``index`` last registered (this incarnation), if any."""
-        return self._agents.get(index)
+        return self._registry.last_address(index)
+
+    async def agent_heartbeat(
+        self, record: AgentRecord, known_version: int, wait_s: float
+    ) -> FleetView:
+        """Renew an agent's lease; the live fleet as soon as it differs from
+        ``known_version``, else after ``wait_s`` (metadata/registry.py)."""
+        return await self._registry.heartbeat(record, known_version, wait_s)
+
+    async def deregister_agent(self, agent_id: int) -> None:
+        """Take an agent out of the fleet (it stopped, or its node left)."""
+        self._registry.deregister(agent_id)
+
+    async def fleet(self) -> FleetView:
+        """The live agents."""
+        return self._registry.view()
 
     # ------------------------------------------------------------------ admin
     async def ping(self) -> dict[str, Any]:

@@ -13,14 +13,12 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "WORKER_RESOURCE",
     "chaos_settings",
-    "placement",
     "start_cluster",
     "start_ray",
     "stop_ray",
@@ -92,15 +90,27 @@ def stop_ray(ray_cluster: Any | None, started: bool) -> None:
             del os.environ["RAY_ADDRESS"]
 
 
-def chaos_settings(workdir: Path, *, agents: int, linger_ms: int, kafka: bool) -> Any:
+def chaos_settings(
+    workdir: Path,
+    *,
+    agents: int,
+    linger_ms: int,
+    kafka: bool,
+    zones: tuple[str, ...] = (),
+    resources: dict[str, float] | None = None,
+) -> Any:
+    """The cluster under test; ``resources``: a custom resource only worker nodes have,
+    so the metadata actor and agents live on removable nodes."""
     from ray_stream.config import Settings
 
     return Settings(
+        zones=zones,
+        actor_resources=tuple((resources or {}).items()),
         data_dir=str(workdir / "data"),
         object_store=f"faulty+file://{workdir / 'objects'}",
         agents=agents,
         linger_ms=linger_ms,
-        kafka_port=_free_port_block(agents) if kafka else 0,
+        kafka_port=_free_port_block(agents + 1) if kafka else 0,  # + 1: scale-agents
         namespace="chaos-" + uuid.uuid4().hex[:8],
     )
 
@@ -109,35 +119,6 @@ def start_cluster(settings: Any) -> Any:
     import ray_stream
 
     return ray_stream.start_local(settings=settings)
-
-
-@contextlib.contextmanager
-def placement(resources: dict[str, float] | None) -> Iterator[None]:
-    """Give the metadata actor and agents a custom resource only worker nodes have.
-
-    handles.py offers no placement hook, so this wraps its actor-class factories for the
-    duration of a start (the options stick to the actors across restarts).
-    """
-    if not resources:
-        yield
-        return
-    from ray_stream.actors import handles
-
-    meta_cls, agent_cls = handles._metadata_cls, handles._agent_cls
-    handles._metadata_cls = lambda: _WithOptions(meta_cls(), resources)
-    handles._agent_cls = lambda: _WithOptions(agent_cls(), resources)
-    try:
-        yield
-    finally:
-        handles._metadata_cls, handles._agent_cls = meta_cls, agent_cls
-
-
-class _WithOptions:
-    def __init__(self, cls: Any, resources: dict[str, float]) -> None:
-        self._cls, self._resources = cls, resources
-
-    def options(self, **kwargs: Any) -> Any:
-        return self._cls.options(**kwargs, resources=self._resources)
 
 
 def _free_port_block(count: int) -> int:

@@ -33,12 +33,14 @@ class KafkaProducerWorker(ProducerWorker):
         topic: str,
         partitions: int,
         rate: float,
+        client_id: str = "ray_stream-chaos",
     ) -> None:
         super().__init__(
             index, ClusterHolder(None), history, stop, topic=topic, partitions=partitions, rate=rate
         )
         self.name = f"k{index}"
         self.bootstrap = bootstrap
+        self.client_id = client_id  # may name a zone: ray_stream_az=<zone>
 
     def run(self) -> None:
         from kafka import KafkaProducer  # type: ignore[import-untyped]
@@ -54,6 +56,7 @@ class KafkaProducerWorker(ProducerWorker):
                 try:
                     producer = KafkaProducer(
                         bootstrap_servers=self.bootstrap(),
+                        client_id=self.client_id,
                         acks="all",
                         retries=0,
                         enable_idempotence=False,

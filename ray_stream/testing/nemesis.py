@@ -50,6 +50,7 @@ FAULT_KINDS = (
     "store-faults",
     "remove-metadata-node",
     "restart-cluster",
+    "scale-agents",
 )
 STORE_SPEC = {
     "put_fail_before": 2,
@@ -158,6 +159,7 @@ class Nemesis:
             "remove-metadata-node": self._remove_metadata_node,
             "store-faults": self._store_faults,
             "restart-cluster": self._restart_cluster,
+            "scale-agents": self._scale_agents,
         }[kind]
         start = self.ctx.history.now()
         evidence: dict[str, Any] = {}
@@ -206,7 +208,7 @@ class Nemesis:
         cluster = self.ctx.holder.current
         index = self.ctx.rng.randrange(cluster.settings.agents)
         evidence["agent"] = index
-        return self._kill(cluster.agent(index), evidence)
+        return self._kill(cluster.agent_by_id(index), evidence)
 
     def _serves_kafka(self, kind: str, evidence: dict[str, Any]) -> bool:
         """After agents restarted: does each listen for Kafka clients again on its own?
@@ -218,9 +220,32 @@ class Nemesis:
         if cluster.settings.kafka_port == 0 or kind in ("kill-metadata", "store-faults"):
             return True
         indexes = [evidence["agent"]] if kind == "kill-agent" else range(cluster.settings.agents)
-        listening = {i: _listening(cluster.agent(i), 20.0) for i in indexes}
+        listening = {i: _listening(cluster.agent_by_id(i), 20.0) for i in indexes}
         evidence["kafka_listeners"] = listening
         return all(listening.values())
+
+    def _scale_agents(self, evidence: dict[str, Any]) -> bool:
+        """A fleet change under load: one more agent joins (it must serve Kafka and
+        appear in the fleet), then the cluster scales back, retiring it (it flushes,
+        leaves Metadata and the cache rings, and its Kafka clients move on)."""
+        cluster = self.ctx.holder.current
+        count = cluster.settings.agents
+        evidence["at_s"] = self.ctx.history.now()
+        placed = cluster.scale(count + 1)
+        added = max(p.agent_id for p in placed if p.group == "default")
+        evidence["agent_added"] = added
+
+        def in_fleet() -> bool:
+            return any(a.agent_id == added for a in cluster.fleet(refresh=True).agents)
+
+        joined = _wait_for(in_fleet, 20.0)
+        serving = cluster.settings.kafka_port == 0 or _listening(cluster.agent_by_id(added), 20.0)
+        evidence.update(joined=bool(joined), serving=bool(serving))
+        cluster.scale(count)
+        left = _wait_for(lambda: not in_fleet(), 20.0)
+        evidence["left"] = bool(left)
+        evidence["fired_at_s"] = self.ctx.history.now()
+        return bool(joined and serving and left)
 
     def _kill_metadata(self, evidence: dict[str, Any]) -> bool:
         return self._kill(self.ctx.holder.current.metadata, evidence)
@@ -389,7 +414,7 @@ class Nemesis:
 
 
 def _agents(cluster: Any) -> list[Any]:
-    return [cluster.agent(i) for i in range(cluster.settings.agents)]
+    return [cluster.agent_by_id(i) for i in range(cluster.settings.agents)]
 
 
 def _listening(agent: Any, timeout_s: float) -> bool:

@@ -34,7 +34,6 @@ from ray_stream.testing.audit import final_read, store_audit
 from ray_stream.testing.bootstrap import (
     WORKER_RESOURCE,
     chaos_settings,
-    placement,
     start_cluster,
     start_ray,
     stop_ray,
@@ -70,6 +69,7 @@ class ChaosConfig:
     assign_consumers: int = 1
     partitions: int = 8
     agents: int = 2
+    zones: tuple[str, ...] = ("a", "b")
     rate: float = 40.0
     fault_interval_s: tuple[float, float] = (10.0, 20.0)
     faults: tuple[str, ...] = FAULT_KINDS
@@ -112,25 +112,27 @@ def run_chaos(config: ChaosConfig, *, log: Callable[[str], None] = print) -> dic
         agents=config.agents,
         linger_ms=config.linger_ms,
         kafka=bool(config.kafka_producers),
+        zones=config.zones,
+        resources=resources,
     )
     history = History()
     cluster = None
     holder: ClusterHolder | None = None
     report: dict[str, Any] = {}
     try:
-        with placement(resources):
-            cluster = start_cluster(settings)
+        cluster = start_cluster(settings)
         log(f"cluster up in {time.monotonic() - started:.1f}s (namespace {settings.namespace})")
         cluster.create_topic(TOPIC, config.partitions)
         if config.broken_store:
             for i in range(settings.agents):
-                actor_call(cluster.agent(i), "inject_faults", BROKEN_STORES[config.broken_store])
+                actor_call(
+                    cluster.agent_by_id(i), "inject_faults", BROKEN_STORES[config.broken_store]
+                )
         holder = ClusterHolder(cluster)
         history = History()  # time 0 = the cluster is up and the topic exists
 
         def restart() -> Any:
-            with placement(resources):
-                return start_cluster(settings)
+            return start_cluster(settings)
 
         ctx = NemesisContext(
             holder=holder,
@@ -273,6 +275,12 @@ def _workers(
                     topic=TOPIC,
                     partitions=config.partitions,
                     rate=config.rate / 2,
+                    client_id=f"chaos-k{i}"
+                    + (
+                        f",ray_stream_az={config.zones[i % len(config.zones)]}"
+                        if config.zones
+                        else ""
+                    ),
                 )
             )
     consumers: list[Any] = []
@@ -369,7 +377,7 @@ def _cold_restart(cluster: Any, timeout_s: float) -> None:
 
     from ray_stream.testing.nemesis import _try
 
-    actors = [cluster.metadata, *[cluster.agent(i) for i in range(cluster.settings.agents)]]
+    actors = [cluster.metadata, *[cluster.agent_by_id(i) for i in range(cluster.settings.agents)]]
     before = [_try(a, "pid") for a in actors]
     for actor in actors:
         ray.kill(actor, no_restart=False)

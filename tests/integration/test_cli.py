@@ -42,6 +42,12 @@ def started(tmp_path_factory):
             "20",
             "--namespace",
             "cli-test",
+            "--agents",
+            "2",
+            "--zones",
+            "a,b",
+            "--group",
+            "analytics:agents=1,roles=consume",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -58,6 +64,7 @@ def started(tmp_path_factory):
         lines.append(line)
         if line.startswith("ready"):
             ready = line
+        if line.startswith("group analytics"):
             break
     assert ready is not None, "".join(lines)
     yield env, proc, ready
@@ -102,6 +109,43 @@ def test_cli_errors_say_what_to_do(started, tmp_path):
     r = _cli(lonely, "topics", "list")
     assert r.returncode == 1
     assert b"ray-stream start" in r.stderr
+
+
+def _status_rows(env):
+    r = _cli(env, "status")
+    assert r.returncode == 0, r.stderr.decode()
+    rows = [line.split() for line in r.stdout.decode().splitlines()]
+    agents = [row for row in rows if row and row[0].isdigit()]
+    zones = {row[2]: row for row in rows if row[:2] == ["zone", "total"]}
+    return agents, zones
+
+
+def test_status_shows_agents_and_zones_and_scale_resizes(started):
+    env, _, _ = started
+    agents, zones = _status_rows(env)
+    # agent, listener, zone, group: the default group's agents 0, 1 in zones a, b
+    assert [(row[0], row[2], row[3]) for row in agents] == [
+        ("0", "a", "default"),
+        ("1", "b", "default"),
+        ("2", "a", "analytics"),
+    ]
+    assert set(zones) == {"a", "b"}
+    r = _cli(env, "scale", "--agents", "3")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "group default: 3 agent(s)" in r.stdout.decode()
+    agents, _ = _status_rows(env)
+    assert [(row[0], row[3]) for row in agents if row[3] == "default"] == [
+        ("0", "default"),
+        ("1", "default"),
+        ("3", "default"),
+    ]
+    r = _cli(env, "scale", "--agents", "1")
+    assert r.returncode == 0, r.stderr.decode()
+    agents, _ = _status_rows(env)
+    assert [row[0] for row in agents if row[3] == "default"] == ["0"]
+    r = _cli(env, "scale", "--agents", "2", "--group", "nope")
+    assert r.returncode == 2
+    assert b"nope" in r.stderr
 
 
 def test_sigterm_stops_cleanly(started):

@@ -70,9 +70,10 @@ def test_round_trip_s3_store(ray_session, tmp_path, s3_url, unique_name):
 def test_flushes_that_queue_up_commit_together_and_keep_their_order(
     ray_session, tmp_path, unique_name
 ):
-    # Segment PUTs take 0.4 s and the agent lingers 10 ms: flushes queue up behind each
-    # other, so the agent commits several segments per metadata round (one journal PUT).
-    slow = f"faulty+file://{tmp_path}/objects#latency_s=0.4&key_prefix=segments/"
+    # Journal PUTs (one per metadata commit round) take 0.4 s and the agent lingers
+    # 10 ms: its flushes queue up behind the round in flight, so the agent commits
+    # several segments per round.
+    slow = f"faulty+file://{tmp_path}/objects#latency_s=0.4&key_prefix=metadata/journal/"
     c = _start(tmp_path, object_store=slow, linger_ms=10, commit_group_wait_ms=1000)
     try:
         c.create_topic(unique_name, 1)

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from ray_stream.actors import handles
-from ray_stream.testing.nemesis import actor_call
 from ray_stream.client.cluster import Cluster as StreamCluster
 from ray_stream.config import Settings
+from ray_stream.testing.nemesis import actor_call
 from tests.fixtures_ray import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -156,8 +156,8 @@ def test_kafka_and_python_api_see_the_same_log(cluster):
 
 
 def test_idempotent_retry_over_the_wire_is_stored_once(cluster, topic):
-    from ray_stream.kafka.versions import ApiKey
     from ray_stream.kafka.records import Record, encode_batch
+    from ray_stream.kafka.versions import ApiKey
     from tests.fakes import RawClient, decode_response, encode_request
 
     identity = cluster.run(cluster.meta.init_producer_id(None))

@@ -354,6 +354,7 @@ def test_handlers_fetch_passes_wait_and_sizes_to_the_backend(settings):
         "max_wait_ms": 20,
         "min_bytes": 7,
         "max_bytes": 1 << 20,
+        "client_zone": None,
     }
 
 

@@ -799,8 +799,7 @@ def test_restarted_agent_listens_on_the_port_its_predecessor_registered(tmp_path
     async def scenario():
         meta = make_meta(settings, store=MemoryStore())
         await meta.register_agent(0, BrokerInfo(0, "127.0.0.1", free))  # the last incarnation
-        agent = AgentActor(settings, 0, autostart=False)
-        agent._meta = meta
+        agent = AgentActor(settings, 0, autostart=False, metadata=meta)
         address = await agent.start()
         assert await agent.start() == address  # idempotent
         await agent.stop()

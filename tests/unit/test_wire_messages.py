@@ -20,6 +20,7 @@ import pytest
 from ray_stream import errors
 from ray_stream.config import Settings
 from ray_stream.core import group, metadata_api, types
+from ray_stream.core.fleet import AgentRecord, FleetView
 from ray_stream.core.group import (
     GroupDeletion,
     GroupDescription,
@@ -85,7 +86,12 @@ ENTRY = BatchEntry("t", 1, 64, 80, 3, 1000, 1002, 7, 2, 10)
 REF = BatchRef("segments/A.arrow", 64, 80, 9, 3, 1002)
 LEAVE = MemberLeave("m-2", "static-2", errors.FencedInstanceId("a newer instance took over"))
 
+AGENT = AgentRecord(3, "10.0.0.7", 9095, "a", "analytics", frozenset({"consume"}), "n1", 1)
+
 SAMPLES = [
+    # ------------------------------------------------------------- core/fleet.py
+    AGENT,
+    FleetView(77, (AGENT, AgentRecord(0, "h", 9092))),
     # ------------------------------------------------------------- core/types.py
     TopicPartition("t", 3),
     ENTRY,
