@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the running cluster, per agent and per zone")
     status.add_argument("--json", action="store_true", help="every counter, as JSON")
 
+    stop = sub.add_parser("stop", help="stop the cluster `ray-stream start` runs (from any shell)")
+    stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
+
     scale = sub.add_parser("scale", help="resize the running embedded cluster's agents")
     scale.add_argument("--agents", type=int, required=True, help="agents the group should run")
     scale.add_argument("--group", default="default", help="agent group (default: default)")
@@ -169,6 +172,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         from ray_stream.demo import run_demo
 
         return run_demo(records=args.records, partitions=args.partitions, **_settings_kwargs(args))
+    if args.command == "stop":
+        return _stop(args.timeout)
     from ray_stream.client.cluster import connect
 
     cluster = connect()
@@ -254,6 +259,37 @@ def _status(status: dict[str, Any], *, as_json: bool) -> None:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for row in [head, *rows]:
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+def _stop(timeout_s: float) -> int:
+    """SIGTERM to the ``ray-stream start`` process this machine's state file names,
+    then wait for it to flush and exit."""
+    import os
+
+    from ray_stream.client.cluster import pid_alive, read_state
+    from ray_stream.errors import Unavailable
+
+    state = read_state()
+    pid = (state or {}).get("pid")
+    if not isinstance(pid, int):
+        raise Unavailable(
+            "no running `ray-stream start` found on this machine (nothing to stop); "
+            "a cluster started from Python stops with cluster.shutdown()"
+        )
+    print(f"stopping the cluster of process {pid} (namespace {state.get('namespace')})", end="")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            print()
+            raise Unavailable(
+                f"process {pid} is still stopping after {timeout_s:.0f} s: wait longer "
+                f"(ray-stream stop --timeout ...) or kill it (kill {pid})"
+            )
+        print(".", end="", flush=True)
+        time.sleep(1.0)
+    print(" stopped", flush=True)
+    return 0
 
 
 def _topics(cluster: Any, args: argparse.Namespace) -> None:

@@ -148,13 +148,25 @@ def test_status_shows_agents_and_zones_and_scale_resizes(started):
     assert b"nope" in r.stderr
 
 
-def test_sigterm_stops_cleanly(started):
+def test_stop_from_another_shell_stops_cleanly(started):
     env, proc, _ = started
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=90)
+    stopper = subprocess.Popen(
+        [sys.executable, "-m", "ray_stream.cli", "stop"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    out, _ = proc.communicate(timeout=90)  # `ray-stream stop` sent SIGTERM
     assert proc.returncode == 0, out
     assert "stopped" in out
+    stop_out, stop_err = stopper.communicate(timeout=60)
+    assert stopper.returncode == 0, stop_err
+    assert "stopped" in stop_out
     assert not (os.path.exists(os.path.join(env["RAY_STREAM_STATE_DIR"], "cluster.json")))
+    again = _cli(env, "stop")
+    assert again.returncode == 1
+    assert b"nothing to stop" in again.stderr
 
 
 def test_demo_runs_end_to_end(tmp_path):
