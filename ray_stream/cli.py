@@ -97,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show the running cluster, per agent and per zone")
     status.add_argument("--json", action="store_true", help="every counter, as JSON")
+    status.add_argument(
+        "--cost",
+        action="store_true",
+        help="$/month at the current rates on S3 Standard, S3 Express One Zone and GCS, "
+        "beside a three-zone Kafka with replication factor 3",
+    )
+    status.add_argument(
+        "--sample-s",
+        type=float,
+        default=5.0,
+        help="with --cost: seconds between the two counter samples (default 5)",
+    )
 
     stop = sub.add_parser("stop", help="stop the cluster `ray-stream start` runs (from any shell)")
     stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
@@ -140,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_chaos_parser(sub)
 
+    from ray_stream.bench_cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
+
     demo = sub.add_parser("demo", help="start an embedded cluster, produce, consume, report")
     _settings_args(demo)
     demo.add_argument("--records", type=int, default=20_000)
@@ -172,12 +188,20 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         from ray_stream.demo import run_demo
 
         return run_demo(records=args.records, partitions=args.partitions, **_settings_kwargs(args))
+    if args.command == "bench":
+        from ray_stream.bench_cli import run as run_bench
+
+        return run_bench(args)
     if args.command == "stop":
         return _stop(args.timeout)
     from ray_stream.client.cluster import connect
 
     cluster = connect()
-    if args.command == "status":
+    if args.command == "status" and args.cost:
+        from ray_stream.cost_cli import status_cost
+
+        status_cost(cluster, sample_s=args.sample_s, as_json=args.json)
+    elif args.command == "status":
         _status(cluster.status(), as_json=args.json)
     elif args.command == "scale":
         placed = cluster.scale(args.agents, args.group)

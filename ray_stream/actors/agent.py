@@ -36,6 +36,7 @@ import ray
 
 from ray_stream.actors import ray_calls
 from ray_stream.actors.metadata_client import RayMetadataClient
+from ray_stream.actors.metrics import RayMetricsSink
 from ray_stream.actors.process import PauseMonitor, settle_heap
 from ray_stream.agent.log_service import LogService
 from ray_stream.clock import SystemClock
@@ -110,6 +111,7 @@ class AgentActor:
             rand=random.Random(),
             record=record,
             peers=_RayPeers(settings.namespace),
+            metrics=RayMetricsSink() if ray.is_initialized() else None,
         )
         self._pauses = PauseMonitor()
         self._warm = False

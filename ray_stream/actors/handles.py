@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from ray_stream.actors.metrics import RayMetricsSink
 from ray_stream.actors.ray_calls import actor_exists, call, get, kill, lookup, unwrap
 from ray_stream.config import FLEET_ACTOR_NAME, METADATA_ACTOR_NAME, Settings, agent_name
 from ray_stream.core.fleet import AgentRecord
@@ -98,7 +99,7 @@ def create_metadata(settings: Settings, **options: Any) -> Any:
             max_task_retries=0,
             **_placed(settings, options),
         )
-        .remote(settings, settle_heap=True)
+        .remote(settings, settle_heap=True, metrics=RayMetricsSink())
     )
 
 

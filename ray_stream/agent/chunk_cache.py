@@ -29,6 +29,7 @@ import struct
 from collections.abc import Awaitable, Callable, Sequence
 
 from ray_stream.core.lru import ByteLRU
+from ray_stream.core.metrics import Meter
 from ray_stream.core.types import BatchRef
 from ray_stream.errors import StorageUnavailable
 
@@ -47,12 +48,20 @@ class ChunkCache:
         get_range: the object store's blocking ranged GET (run in a thread).
         capacity_bytes: the cache's size bound.
         remote: where a miss is asked first (rule 6); None: the store only.
+        meter: where hits, misses and chunks moved between peers are reported, one
+            report per chunk (default: nowhere).
     """
 
     def __init__(
-        self, get_range: GetRange, *, capacity_bytes: int, remote: Remote | None = None
+        self,
+        get_range: GetRange,
+        *,
+        capacity_bytes: int,
+        remote: Remote | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self._get_range = get_range
+        self._meter = meter if meter is not None else Meter()
         self._remote = remote
         self._lru = ByteLRU(capacity_bytes)
         self._inflight: dict[tuple[str, int], asyncio.Task[Chunk]] = {}  # any source
@@ -122,17 +131,24 @@ class ChunkCache:
     async def serve_chunk(self, key: str, index: int) -> Chunk:
         """A chunk for another agent of the zone: from the LRU or the store (rule 6)."""
         chunk = self._lru.get((key, index))
+        self._count_lookup(chunk is not None)
         if chunk is None:
             chunk = await self._shared(self._inflight_store, key, index, self._load_store)
         self.served_chunks += 1
         self.served_bytes += len(chunk)
+        self._meter.count("ray_stream_peer_chunks", direction="served")
+        self._meter.count("ray_stream_peer_bytes", len(chunk), direction="served")
         return chunk
 
     async def _chunk(self, key: str, index: int) -> Chunk:
         cached = self._lru.get((key, index))
+        self._count_lookup(cached is not None)
         if cached is not None:
             return cached
         return await self._shared(self._inflight, key, index, self._load)
+
+    def _count_lookup(self, hit: bool) -> None:
+        self._meter.count("ray_stream_cache_hits" if hit else "ray_stream_cache_misses")
 
     async def _load(self, key: str, index: int) -> Chunk:
         if self._remote is not None:
@@ -140,6 +156,8 @@ class ChunkCache:
             if chunk is not None:
                 self.peer_chunks += 1
                 self.peer_bytes += len(chunk)
+                self._meter.count("ray_stream_peer_chunks", direction="received")
+                self._meter.count("ray_stream_peer_bytes", len(chunk), direction="received")
                 self._lru.put((key, index), chunk)
                 return chunk
         return await self._shared(self._inflight_store, key, index, self._load_store)

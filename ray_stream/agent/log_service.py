@@ -57,10 +57,12 @@ from ray_stream.core.metadata_api import (
     LocateRequest,
     MetadataClient,
 )
+from ray_stream.core.metrics import Meter, MetricsSink
 from ray_stream.core.segment import SegmentBatch, build_segment
 from ray_stream.core.types import BatchRef, BatchResult, BrokerInfo, FetchResult
 from ray_stream.errors import NotFound, RayStreamError, StorageUnavailable
 from ray_stream.storage.base import ObjectStore
+from ray_stream.storage.metered import MeteredStore
 
 __all__ = ["LogService", "PeerLink"]
 
@@ -98,6 +100,7 @@ class _Slot:
     log_start_offset: int = -1
     error: RayStreamError | None = None
     cached: bool = False
+    records_read: int = 0  # records in the batches read for the answer
 
 
 class LogService:
@@ -113,6 +116,8 @@ class LogService:
             group, no zone.
         peers: how to reach the others of its zone for chunks they own (rule 5);
             None: every read goes to the store.
+        metrics: where the agent's metrics go (core/metrics.py), tagged with its
+            namespace, id, zone and group; None: nowhere.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class LogService:
         rand: random.Random | None = None,
         record: AgentRecord | None = None,
         peers: PeerLink | None = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = node_id
@@ -141,12 +147,16 @@ class LogService:
             rand=self._rand,
         )
         self._peers = peers if settings.cache_shared else None
+        self._meter = Meter(metrics, _agent_tags(settings, self.membership.record))
+        if self._meter.enabled:  # every GET and PUT of this agent, counted
+            store = MeteredStore(store, self._meter.child(component="agent"))
         self._suspects: dict[int, float] = {}
         self._peer_timeouts = 0
         self._cache = ChunkCache(
             store.get_range,
             capacity_bytes=settings.cache_bytes,
             remote=self._from_owner if self._peers is not None else None,
+            meter=self._meter,
         )
         self._locations = LocationCache(clock)
         self._writer = SegmentWriter(
@@ -158,6 +168,7 @@ class LogService:
             on_committed=self._learn_commit,
             clock=clock,
             rand=self._rand,
+            meter=self._meter,
         )
         self._order = CallOrder(clock)
         self._watcher: asyncio.Task[None] | None = None
@@ -276,7 +287,14 @@ class LogService:
             await asyncio.gather(watcher, return_exceptions=True)
 
     async def _commit(self, requests: list[CommitRequest]) -> CommitAnswer:
-        answer = await self.meta.commit(requests)
+        started, outcome = self._clock.monotonic_s(), "error"
+        try:
+            answer = await self.meta.commit(requests)
+            outcome = "ok"
+        finally:
+            self._meter.count("ray_stream_commit_calls", outcome=outcome)
+            latency_ms = (self._clock.monotonic_s() - started) * 1000
+            self._meter.observe("ray_stream_commit_latency_ms", latency_ms)
         if self._locations.observe_version(answer.catalog_version):
             if len(self._current_commits) > 4096:  # commits that failed later: forget
                 self._current_commits.clear()
@@ -338,6 +356,7 @@ class LogService:
             One FetchResult per request, in order.
         """
         self._fetches += 1
+        started = self._clock.monotonic_s()
         slots = [_Slot(t, p, o, pmax) for t, p, o, pmax in requests]
         for slot in slots:
             self._use(slot, self._locations.lookup(*_position(slot)))
@@ -359,7 +378,26 @@ class LogService:
             and client_zone in self.membership.zones()
         ):
             self._cross_zone_bytes += served  # an unknown zone is no zone (core/fleet.py)
+        if self._meter.enabled:
+            self._count_fetched(slots, results, started)
         return results
+
+    def _count_fetched(
+        self, slots: list[_Slot], results: list[FetchResult], started: float
+    ) -> None:
+        """One fetch's latency, and its bytes and records by topic."""
+        self._meter.observe(
+            "ray_stream_fetch_latency_ms", (self._clock.monotonic_s() - started) * 1000
+        )
+        by_topic: dict[str, list[int]] = {}
+        for slot, result in zip(slots, results, strict=True):
+            if result.records:
+                sums = by_topic.setdefault(slot.topic, [0, 0])
+                sums[0] += len(result.records)
+                sums[1] += slot.records_read
+        for topic, (size, records) in by_topic.items():
+            self._meter.count("ray_stream_fetched_bytes", size, topic=topic)
+            self._meter.count("ray_stream_fetched_records", records, topic=topic)
 
     def _use(self, slot: _Slot, hit: Hit | None) -> None:
         if hit is not None:
@@ -437,6 +475,7 @@ class LogService:
                 budget -= ref.length
             try:
                 data = await self._cache.read_batches(chosen)
+                slot.records_read = sum(ref.record_count for ref in chosen)
             except (StorageUnavailable, NotFound) as exc:  # rule 3
                 self._locations.forget(slot.topic, slot.partition)
                 results.append(FetchResult(slot.topic, slot.partition, exc, -1, -1))
@@ -483,6 +522,15 @@ class LogService:
             "location_misses": locations.misses,
             "locations": len(locations),
         }
+
+
+def _agent_tags(settings: Settings, record: AgentRecord) -> dict[str, str]:
+    return {
+        "ray_namespace": settings.namespace,
+        "agent_id": str(record.agent_id),
+        "zone": record.zone,
+        "group": record.group,
+    }
 
 
 def _position(slot: _Slot) -> tuple[str, int, int, int]:

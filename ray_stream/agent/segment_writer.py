@@ -42,6 +42,7 @@ from ray_stream.config import Settings
 from ray_stream.core.backoff import Backoff
 from ray_stream.core.keys import new_segment_key
 from ray_stream.core.metadata_api import CommitRequest
+from ray_stream.core.metrics import Meter
 from ray_stream.core.percentile import percentile
 from ray_stream.core.segment import SegmentBatch, build_segment
 from ray_stream.core.types import BatchEntry, BatchResult
@@ -101,6 +102,8 @@ class SegmentWriter:
         on_committed: called with each segment's commit request and results once
             durable (the agent's location cache learns from it).
         clock / rand: injected time and randomness (backoff jitter, segment keys).
+        meter: where produce latencies, flush sizes, produced bytes and records (by
+            topic) and Overloaded refusals are reported (default: nowhere).
     """
 
     def __init__(
@@ -114,9 +117,11 @@ class SegmentWriter:
         on_committed: OnCommitted,
         clock: Clock,
         rand: random.Random,
+        meter: Meter | None = None,
     ) -> None:
         self.settings = settings
         self._name = name
+        self._meter = meter if meter is not None else Meter()
         self._put = put
         self._on_written = on_written
         self._on_committed = on_committed
@@ -161,6 +166,7 @@ class SegmentWriter:
             for i, *_ in valid:
                 results[i] = BatchResult(base_offset=-1, error=full)
             self._count_failure("buffer_full")
+            self._meter.count("ray_stream_overloaded")
             valid = []
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[BatchResult]] = loop.create_future()
@@ -337,6 +343,7 @@ class SegmentWriter:
         self.stats.puts += 1
         self.stats.put_bytes += len(body)
         self.stats.flushes += 1
+        self._meter.observe("ray_stream_flush_bytes", len(body))
         self._on_written(key, body)
         batches = [
             BatchEntry(
@@ -390,6 +397,23 @@ class SegmentWriter:
             if pending.future is not None and not pending.future.done():
                 pending.future.set_result([r for r in pending.results if r is not None])
             self._stage("produce_wait", now - pending.enqueued_s)
+            self._meter.observe("ray_stream_produce_latency_ms", (now - pending.enqueued_s) * 1000)
+        if self._meter.enabled and not isinstance(outcome, Exception):
+            self._count_produced(pendings)
+
+    def _count_produced(self, pendings: list[_Pending]) -> None:
+        """Bytes and records acknowledged, by topic: one report per topic per flush."""
+        by_topic: dict[str, list[int]] = {}
+        for pending in pendings:
+            for index, topic, _, data, header in pending.entries:
+                result = pending.results[index]
+                if result is not None and result.error is None and not result.duplicate:
+                    sums = by_topic.setdefault(topic, [0, 0])
+                    sums[0] += len(data)
+                    sums[1] += header.last_offset_delta + 1
+        for topic, (size, records) in by_topic.items():
+            self._meter.count("ray_stream_produced_bytes", size, topic=topic)
+            self._meter.count("ray_stream_produced_records", records, topic=topic)
 
     def _stage(self, stage: str, seconds: float) -> None:
         self.stats.stages_ms[stage].append((self._clock.monotonic_s(), seconds * 1000))

@@ -35,6 +35,7 @@ from ray_stream.clock import Clock
 from ray_stream.config import Settings
 from ray_stream.core.keys import segment_time_ms
 from ray_stream.core.metadata_api import CommitRequest, SegmentResult
+from ray_stream.core.metrics import Meter
 from ray_stream.core.sequencer import Changes, Sequencer, merge_changes
 from ray_stream.core.types import CommittedOffset
 from ray_stream.errors import (
@@ -74,6 +75,7 @@ class MetadataWriter:
         clock: wall time (segment freshness) and monotonic time (snapshot interval).
         on_apply: called with every change set once it is applied (wakes long-polls).
         spawn: runs a background coroutine on the actor's loop.
+        meter: where commit rounds are counted (default: nowhere).
     """
 
     def __init__(
@@ -86,7 +88,9 @@ class MetadataWriter:
         clock: Clock,
         on_apply: Callable[[Changes], None],
         spawn: Callable[[Any], None],
+        meter: Meter | None = None,
     ) -> None:
+        self._meter = meter if meter is not None else Meter()
         self._settings = settings
         self._seq = seq
         self._cache = cache
@@ -239,6 +243,7 @@ class MetadataWriter:
     ) -> None:
         stats = self.stats
         stats["commit_rounds"] += 1
+        self._meter.count("ray_stream_metadata_commit_rounds")
         stats["commit_requests"] += len(commits)
         stats["max_round_requests"] = max(stats["max_round_requests"], len(commits))
         stats["batches_committed"] += len(changes.batches)

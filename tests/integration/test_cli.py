@@ -148,6 +148,17 @@ def test_status_shows_agents_and_zones_and_scale_resizes(started):
     assert b"nope" in r.stderr
 
 
+def test_bench_produces_and_reads_back_with_latency_percentiles(started):
+    env, _, _ = started
+    r = _cli(env, "bench", "--records", "3000", "--record-size", "100", "--partitions", "2")
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()
+    assert "created topic bench-" in out
+    produce = next(line for line in out.splitlines() if line.startswith("produce: 3000 records in"))
+    assert "MB/s" in produce and "p99" in produce
+    assert any(line.startswith("consume: 3000 records in") for line in out.splitlines())
+
+
 def test_stop_from_another_shell_stops_cleanly(started):
     env, proc, _ = started
     stopper = subprocess.Popen(

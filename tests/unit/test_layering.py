@@ -17,6 +17,8 @@ from tests.conftest import ROOT
 # Modules that must work on a machine without Ray (STYLE.md: pure core, thin shells).
 RAY_FREE = [
     "ray_stream",
+    "ray_stream.cost",
+    "ray_stream.cost_cli",
     "ray_stream.core.sequencer",
     "ray_stream.core.metadata_api",
     "ray_stream.core.segment",
