@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--sample-s",
         type=float,
-        default=5.0,
-        help="with --cost: seconds between the two counter samples (default 5)",
+        default=None,
+        help="seconds between the two counter samples the rates come from "
+        "(default 1; with --cost 5)",
     )
 
     stop = sub.add_parser("stop", help="stop the cluster `ray-stream start` runs (from any shell)")
@@ -200,9 +201,9 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "status" and args.cost:
         from ray_stream.cost_cli import status_cost
 
-        status_cost(cluster, sample_s=args.sample_s, as_json=args.json)
+        status_cost(cluster, sample_s=args.sample_s or 5.0, as_json=args.json)
     elif args.command == "status":
-        _status(cluster.status(), as_json=args.json)
+        _status(cluster, sample_s=args.sample_s or 1.0, as_json=args.json)
     elif args.command == "scale":
         placed = cluster.scale(args.agents, args.group)
         ids = [p.agent_id for p in placed if p.group == args.group]
@@ -258,10 +259,33 @@ STATUS_COLUMNS = (
 )
 
 
-def _status(status: dict[str, Any], *, as_json: bool) -> None:
+def _status(cluster: Any, *, sample_s: float, as_json: bool) -> None:
+    """The fleet's counters (from a second sample ``sample_s`` after a first: the
+    cluster-wide rates come from the difference, as ``status --cost`` prices them) and
+    the consumer groups' lag."""
+    from ray_stream.cost import rates_from_status
+
+    if not sample_s > 0:
+        raise InvalidRequest(f"--sample-s must be > 0, got {sample_s}")
+    before, at_before = cluster.status(), time.monotonic()
+    time.sleep(sample_s)
+    status, at_after = cluster.status(), time.monotonic()
+    rates = rates_from_status(before, status, interval_s=at_after - at_before, stored_bytes=0)
+    status["rates"] = {
+        "interval_s": round(at_after - at_before, 3),
+        "produced_bytes_per_s": rates.produced_bytes_per_s,
+        "consumed_bytes_per_s": rates.consumed_bytes_per_s,
+        "puts_per_s": rates.puts_per_s,
+        "gets_per_s": rates.gets_per_s,
+        "cross_zone_bytes_per_s": rates.cross_zone_bytes_per_s,
+    }
     if as_json:
         print(json.dumps(status, indent=2, default=str))
         return
+    _status_table(status)
+
+
+def _status_table(status: dict[str, Any]) -> None:
     print(f"namespace {status['namespace']}  object store {status['object_store']}")
     print(f"kafka {status['kafka'] or 'off'}")
     head = ["agent", "listener", "zone", "group"] + [title for _, title in STATUS_COLUMNS]
@@ -283,6 +307,18 @@ def _status(status: dict[str, Any], *, as_json: bool) -> None:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for row in [head, *rows]:
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
+    r = status["rates"]
+    print(
+        f"rates over {r['interval_s']:.1f} s: produce {r['produced_bytes_per_s'] / 1e6:.2f} MB/s, "
+        f"consume {r['consumed_bytes_per_s'] / 1e6:.2f} MB/s, {r['puts_per_s']:.1f} PUTs/s, "
+        f"{r['gets_per_s']:.1f} GETs/s, cross-zone {r['cross_zone_bytes_per_s'] / 1e6:.2f} MB/s"
+    )
+    totals: dict[tuple[str, str], int] = {}
+    for row in status["lag"]:
+        key = (row["group"], row["topic"])
+        totals[key] = totals.get(key, 0) + row["lag"]
+    for (group, topic), lag in sorted(totals.items()):
+        print(f"lag group={group} topic={topic} records={lag}")
 
 
 def _stop(timeout_s: float) -> int:

@@ -230,6 +230,7 @@ class Cluster:
                 agents.append(handles.get(ref, timeout_s=30))
             except Exception as exc:  # a dying agent: reported, not fatal
                 agents.append({"agent_id": record.agent_id, "zone": record.zone, "error": str(exc)})
+        lag = handles.get(self._metadata.consumer_lag.remote())
         return {
             "namespace": self.settings.namespace,
             "object_store": self.settings.resolved_object_store,
@@ -238,6 +239,7 @@ class Cluster:
             "metadata": meta,
             "agents": agents,
             "zones": zone_totals(agents),
+            "lag": [{"group": g, "topic": t, "partition": p, "lag": n} for g, t, p, n in lag],
         }
 
     def shutdown(self) -> None:

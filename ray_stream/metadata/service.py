@@ -515,22 +515,33 @@ class MetadataService:
             except Exception as exc:  # loop boundary: log and try again next interval
                 log.warning("orphan sweep failed: %s", exc)
 
-    def report_lag(self) -> None:
-        """Set each consumer group's lag gauge: high watermark minus committed offset,
-        per partition it committed (partitions of deleted topics are skipped)."""
+    def group_lag(self) -> list[tuple[str, str, int, int]]:
+        """(group, topic, partition, lag) for each partition a consumer group committed:
+        high watermark minus committed offset (partitions of deleted topics skipped)."""
+        found = []
         for group in self._seq.group_ids():
             for (topic, partition), committed in self._seq.fetch_offsets(group).items():
                 try:
                     high, _ = self._seq.list_offset(topic, partition, -1)
                 except RayStreamError:  # the topic or partition is gone
                     continue
-                self._meter.set(
-                    "ray_stream_consumer_group_lag",
-                    max(high - committed.offset, 0),
-                    consumer_group=group,
-                    topic=topic,
-                    partition=str(partition),
-                )
+                found.append((group, topic, partition, max(high - committed.offset, 0)))
+        return found
+
+    async def consumer_lag(self) -> list[tuple[str, str, int, int]]:
+        """``group_lag`` for operators (``ray-stream status``)."""
+        return self.group_lag()
+
+    def report_lag(self) -> None:
+        """Set each consumer group's lag gauge from ``group_lag``."""
+        for group, topic, partition, lag in self.group_lag():
+            self._meter.set(
+                "ray_stream_consumer_group_lag",
+                lag,
+                consumer_group=group,
+                topic=topic,
+                partition=str(partition),
+            )
 
     async def _lag_loop(self) -> None:
         while not self._closed:

@@ -120,6 +120,23 @@ def _status_rows(env):
     return agents, zones
 
 
+def test_status_shows_rates_and_consumer_group_lag(started):
+    env, _, _ = started
+    r = _cli(env, "topics", "create", "lagtopic", "--partitions", "1")
+    assert r.returncode == 0, r.stderr.decode()
+    r = _cli(env, "produce", "lagtopic", stdin=b"".join(b"x\n" for _ in range(30)))
+    assert r.returncode == 0, r.stderr.decode()
+    r = _cli(env, "consume", "lagtopic", "--group", "g1", "--from-beginning", "--max-records", "30")
+    assert r.returncode == 0, r.stderr.decode()
+    r = _cli(env, "produce", "lagtopic", stdin=b"".join(b"y\n" for _ in range(12)))
+    assert r.returncode == 0, r.stderr.decode()
+    r = _cli(env, "status")
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert "lag group=g1 topic=lagtopic records=12" in out.splitlines()
+    assert any(line.startswith("rates over ") and "MB/s" in line for line in out.splitlines())
+
+
 def test_status_shows_agents_and_zones_and_scale_resizes(started):
     env, _, _ = started
     agents, zones = _status_rows(env)
