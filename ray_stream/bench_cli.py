@@ -3,8 +3,8 @@
 Hooked into ``ray_stream/cli.py`` with ``add_parser(sub)`` and ``run(args)``. Produces
 ``--records`` records of ``--record-size`` bytes to a topic (created with
 ``--partitions`` when missing) at ``--throughput`` records/s (-1: as fast as it goes)
-through the Python API, printing a progress line every second (records/s, MB/s,
-latency from ``send`` to acknowledgement); then reads them back from the start of the
+through the Python API, printing a progress line with a bar every second (records/s,
+acknowledged records); then reads them back from the start of the
 produce and reports the same. Acknowledged means durable: the segment is in the object
 store and its commit round in the metadata journal.
 
@@ -32,6 +32,7 @@ from ray_stream.errors import InvalidRequest, UnknownTopicOrPartition
 __all__ = ["add_parser", "run"]
 
 MB = 1_000_000
+BAR = 20  # characters of the progress bar
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -85,11 +86,17 @@ def _percentiles(values: list[float]) -> str:
 class _Progress:
     """Counts records and bytes; ``tick`` prints one line per second."""
 
-    def __init__(self, phase: str, total: int, say: Callable[[str], None]) -> None:
-        self.phase, self.total, self.say = phase, total, say
+    def __init__(
+        self,
+        phase: str,
+        total: int,
+        say: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.phase, self.total, self.say, self._clock = phase, total, say, clock
         self.count = 0
         self.bytes = 0
-        self.started = self._last = time.monotonic()
+        self.started = self._last = clock()
         self._last_count = 0
 
     def add(self, records: int, size: int) -> None:
@@ -97,19 +104,20 @@ class _Progress:
         self.bytes += size
 
     def tick(self, extra: str = "") -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last < 1.0:
             return
         rate = (self.count - self._last_count) / (now - self._last)
         self._last, self._last_count = now, self.count
-        done = 100 * self.count / self.total
+        done = self.count / self.total
+        bar = "#" * int(BAR * done) + "." * (BAR - int(BAR * done))
         self.say(
-            f"{self.phase}: {self.count}/{self.total} records ({done:.0f}%), "
+            f"{self.phase} [{bar}] {100 * done:3.0f}% {self.count}/{self.total} records, "
             f"{rate:.0f} records/s{extra}"
         )
 
     def summary(self, latency: str) -> str:
-        took = max(time.monotonic() - self.started, 1e-9)
+        took = max(self._clock() - self.started, 1e-9)
         return (
             f"{self.phase}: {self.count} records in {took:.2f} s: "
             f"{self.count / took:.0f} records/s, {self.bytes / took / MB:.2f} MB/s; {latency}"

@@ -11,18 +11,26 @@ from typing import Any
 import pytest
 
 
+def init_session_ray() -> None:
+    """Start the test session's Ray: also how a module that ran its own multi-node Ray
+    gives the session its Ray back."""
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        namespace="ray_stream",
+        log_to_driver=False,
+        _temp_dir=os.environ["RAY_TMPDIR"],
+    )
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=4,
-            include_dashboard=False,
-            namespace="ray_stream",
-            log_to_driver=False,
-            _temp_dir=os.environ["RAY_TMPDIR"],
-        )
+        init_session_ray()
     yield ray
     ray.shutdown()
 

@@ -32,7 +32,7 @@ import pytest
 import ray_stream
 from ray_stream.client.cluster import Cluster as StreamCluster
 from ray_stream.core.fleet import AgentRecord
-from tests.fixtures_ray import wait_for
+from tests.fixtures_ray import init_session_ray, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -158,14 +158,8 @@ def fake_autoscaler(tmp_path_factory) -> Iterator[str]:
         ray.shutdown()
         _stop_group(proc)
         _forget_address(f"127.0.0.1:{port}")
-        if was_up:  # as tests/fixtures_ray.py's ray_session started it
-            ray.init(
-                num_cpus=4,
-                include_dashboard=False,
-                namespace="ray_stream",
-                log_to_driver=False,
-                _temp_dir=os.environ["RAY_TMPDIR"],
-            )
+        if was_up:  # give the session its Ray back
+            init_session_ray()
 
 
 @pytest.fixture(scope="module")

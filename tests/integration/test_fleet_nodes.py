@@ -32,7 +32,7 @@ from ray_stream.client.cluster import Cluster as StreamCluster
 from ray_stream.core.fleet import AgentRecord
 from ray_stream.errors import Unavailable
 from ray_stream.testing.nemesis import actor_call
-from tests.fixtures_ray import wait_for
+from tests.fixtures_ray import init_session_ray, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -69,14 +69,8 @@ def ray_nodes() -> Iterator[Any]:
     finally:
         ray.shutdown()
         cluster.shutdown()
-        if was_up:  # as tests/fixtures_ray.py's ray_session started it
-            ray.init(
-                num_cpus=4,
-                include_dashboard=False,
-                namespace="ray_stream",
-                log_to_driver=False,
-                _temp_dir=os.environ["RAY_TMPDIR"],
-            )
+        if was_up:  # give the session its Ray back
+            init_session_ray()
 
 
 @pytest.fixture(scope="module")

@@ -139,4 +139,4 @@ def test_cost_cli_status_parser_takes_cost_and_sample_s():
     args = build_parser().parse_args(["status", "--cost", "--sample-s", "2"])
     assert (args.cost, args.sample_s, args.json) == (True, 2.0, False)
     plain = build_parser().parse_args(["status"])
-    assert (plain.cost, plain.sample_s) == (False, 5.0)
+    assert (plain.cost, plain.sample_s) == (False, None)  # 1 s for rates, 5 s with --cost
