@@ -25,7 +25,6 @@ event loop: the Kafka listener starts from there, on the same port (for
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Sequence
@@ -218,12 +217,9 @@ class AgentActor:
                 self._server = await start_kafka_server(self.log, host=host, port=0)
         else:
             self._server = await self._bind(host, self._port)
+        # Joining also records the listener with the metadata service (its heartbeat),
+        # where this agent's next incarnation finds its port (_previous_port).
         await self._join(self._server.sockets[0].getsockname()[1])
-        if self._port == -1:  # remembered for this agent's next incarnation
-            with contextlib.suppress(Exception):  # best effort: only a later restart needs it
-                assert self.log.address is not None
-                register = self._meta.register_agent(self.index, self.log.address)
-                await asyncio.wait_for(register, 5)
 
     async def _join(self, port: int) -> None:
         try:
