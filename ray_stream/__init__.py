@@ -1,7 +1,8 @@
 """ray_stream: a WarpStream-style streaming log on Ray.
 
 Start the embedded cluster with :func:`start_local`, attach to a running one with
-:func:`connect`; both return a :class:`Cluster`.
+:func:`connect` (again after the cluster restarts); both return a :class:`Cluster`, a
+context manager: ``close()`` detaches, ``shutdown()`` also stops a cluster it started.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from ray_stream.config import Settings
     from ray_stream.core.types import TopicInfo, TopicPartition
     from ray_stream.errors import (
+        BufferFull,
         Conflict,
         CorruptData,
         Fenced,
@@ -49,6 +51,7 @@ _HOMES = {
     **{
         name: "ray_stream.errors"
         for name in (
+            "BufferFull",
             "Conflict",
             "CorruptData",
             "Fenced",
@@ -83,6 +86,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BufferFull",
     "Cluster",
     "Conflict",
     "Consumer",

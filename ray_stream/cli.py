@@ -57,6 +57,16 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
         type=int,
         help="keep K agents on every alive Ray node, following nodes that join and leave",
     )
+    p.add_argument(
+        "--group-min-session-timeout-ms",
+        type=int,
+        help="shortest consumer-group session timeout a JoinGroup may ask for (default 6000)",
+    )
+    p.add_argument(
+        "--group-max-session-timeout-ms",
+        type=int,
+        help="longest consumer-group session timeout a JoinGroup may ask for (default 1800000)",
+    )
 
 
 def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,6 +83,8 @@ def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "zones": _zones(args.zones),
         "groups": unique_groups([parse_group(g) for g in args.group]) if args.group else None,
         "agents_per_node": args.agents_per_node,
+        "group_min_session_timeout_ms": args.group_min_session_timeout_ms,
+        "group_max_session_timeout_ms": args.group_max_session_timeout_ms,
     }
 
 

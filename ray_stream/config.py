@@ -189,6 +189,18 @@ class Settings:
             from an agent's PUT to its commit (agents give up after half of it).
         orphan_sweep_interval_s: how often the metadata actor lists ``segments/`` to
             delete orphans (one LIST per 1000 objects); 0 disables the sweep.
+
+    Consumer groups (the classic protocol's coordinator, core/group.py):
+
+    Attributes:
+        group_min_session_timeout_ms / group_max_session_timeout_ms: the session
+            timeouts a JoinGroup may ask for, inclusive (Kafka's
+            ``group.min.session.timeout.ms`` 6 s and ``group.max.session.timeout.ms``
+            30 min); outside them the join gets INVALID_SESSION_TIMEOUT. A lower minimum
+            lets members ask to have a dead peer's partitions taken over sooner, at the
+            cost of more heartbeats (each one metadata-actor call) and of members
+            declared dead during a GC pause or a busy moment; a higher maximum lets a
+            silent member hold its partitions longer.
     """
 
     data_dir: str = DEFAULT_DATA_DIR
@@ -221,6 +233,8 @@ class Settings:
     cache_shared: bool = True
     cache_peer_timeout_ms: int = 2000
     actor_resources: tuple[tuple[str, float], ...] = ()
+    group_min_session_timeout_ms: int = 6_000
+    group_max_session_timeout_ms: int = 1_800_000
 
     def __post_init__(self) -> None:
         unique_groups([GroupSpec(DEFAULT_GROUP), *self.groups])
@@ -253,6 +267,10 @@ class Settings:
             "orphan_sweep_interval_s": self.orphan_sweep_interval_s >= 0,
             "agents_per_node": 0 <= self.agents_per_node <= 64,
             "cache_peer_timeout_ms": 0 <= self.cache_peer_timeout_ms <= 60_000,
+            "group_min_session_timeout_ms": self.group_min_session_timeout_ms >= 1,
+            "group_max_session_timeout_ms": (
+                self.group_max_session_timeout_ms >= self.group_min_session_timeout_ms
+            ),
         }
         for key, ok in checks.items():
             if not ok:
@@ -319,6 +337,8 @@ _ENV_KEYS = {
     "RAY_STREAM_KAFKA_PORT": ("kafka_port", int),
     "RAY_STREAM_KAFKA_HOST": ("kafka_host", str),
     "RAY_STREAM_KAFKA_ADVERTISED_HOST": ("kafka_advertised_host", str),
+    "RAY_STREAM_GROUP_MIN_SESSION_TIMEOUT_MS": ("group_min_session_timeout_ms", int),
+    "RAY_STREAM_GROUP_MAX_SESSION_TIMEOUT_MS": ("group_max_session_timeout_ms", int),
 }
 
 

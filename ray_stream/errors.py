@@ -17,6 +17,7 @@ Tree::
     ├── Unavailable             transient; retry (maybe elsewhere)
     │   ├── StorageUnavailable
     │   ├── Overloaded          not accepted (buffer full): safe to resend
+    │   ├── BufferFull          a client's own send buffer is full (nothing was queued)
     │   └── CoordinatorNotAvailable
     ├── GroupError              the group coordinator's answer; the member acts on it
     │   ├── UnknownMemberId, IllegalGeneration, RebalanceInProgress, MemberIdRequired,
@@ -104,6 +105,11 @@ class Overloaded(Unavailable):
     Unlike a plain Unavailable, nothing of the request was taken in, so resending it
     can never duplicate data.
     """
+
+
+class BufferFull(Unavailable):
+    """A producer's ``buffer_bytes`` are taken by records waiting for acknowledgement;
+    the record was not queued. Flush, wait, or raise ``buffer_bytes``."""
 
 
 class Conflict(RayStreamError):

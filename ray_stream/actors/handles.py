@@ -6,7 +6,10 @@ the shell around the Ray-free ``LogService``.
 
 Both singletons restart on their own (``max_restarts=-1``; ``max_task_retries=0``, so Ray
 never re-runs a call that may have run: retrying is the caller's decision). Calls and
-Ray's errors go through ``ray_calls`` (re-exported here for the client shell).
+Ray's errors go through ``ray_calls`` (re-exported here for the client shell); ``get``
+and ``unwrap`` here add what a driver attached by ``connect()`` needs (``attachment``):
+no ``ray.get`` into a lost session, and an old session's handle used after a reattach
+reads as ``Unavailable`` naming ``connect()``.
 """
 
 from __future__ import annotations
@@ -16,14 +19,26 @@ from typing import Any
 
 import ray
 
+from ray_stream.actors import ray_calls
+from ray_stream.actors.attachment import (
+    RAY_ENV_DEFAULTS,
+    Attachment,
+    attach,
+    check_current,
+    drop_lost,
+    release,
+)
 from ray_stream.actors.metrics import RayMetricsSink
-from ray_stream.actors.ray_calls import actor_exists, call, get, kill, lookup, unwrap
+from ray_stream.actors.ray_calls import actor_exists, call, kill, lookup
 from ray_stream.config import FLEET_ACTOR_NAME, METADATA_ACTOR_NAME, Settings, agent_name
 from ray_stream.core.fleet import AgentRecord
+from ray_stream.errors import Unavailable
 
 __all__ = [
     "RAY_ENV_DEFAULTS",
+    "Attachment",
     "actor_exists",
+    "attach",
     "call",
     "create_agent",
     "create_fleet",
@@ -35,22 +50,18 @@ __all__ = [
     "get_fleet",
     "get_metadata",
     "kill",
+    "release",
     "unwrap",
 ]
 
-# Ray binds the machine's external address unless told otherwise; keep it on loopback.
-RAY_ENV_DEFAULTS = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    # Ray starts workers at nice 15 by default; an agent is a server that Kafka clients
-    # wait on, so it runs at the same priority as they do.
-    "RAY_worker_niceness": "0",
-}
+# Ray raises a bare Exception (no Ray type) when a handle of an earlier session is used.
+FOREIGN_HANDLE = "from a different cluster"
 
 
 def ensure_ray(*, address: str | None = None, namespace: str) -> bool:
-    """Start or attach to Ray. Returns True when this call started it."""
+    """Start or attach to Ray (a lost ``connect()`` session is shut down first).
+    Returns True when this call started it."""
+    drop_lost()
     if ray.is_initialized():
         return False
     for key, value in RAY_ENV_DEFAULTS.items():
@@ -65,6 +76,28 @@ def ensure_ray(*, address: str | None = None, namespace: str) -> bool:
         kwargs["address"] = address
     ray.init(**kwargs)
     return True
+
+
+def get(ref: Any, *, timeout_s: float | None = None) -> Any:
+    """``ray.get`` that raises ray_stream errors (plain, not Ray-wrapped).
+
+    Raises:
+        Unavailable: the actor is down or restarting, no answer within ``timeout_s``,
+            or the cluster this driver attached to is gone (call ``connect()`` again).
+    """
+    check_current()
+    return ray_calls.get(ref, timeout_s=timeout_s)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The ray_stream error behind a Ray error (``ray_calls.unwrap``); a handle of a
+    cluster this driver has since left becomes ``Unavailable`` naming ``connect()``."""
+    if type(exc) is Exception and FOREIGN_HANDLE in str(exc):
+        return Unavailable(
+            "the cluster was restarted (this handle belongs to the one before); "
+            "call ray_stream.connect() again and use the new handle"
+        )
+    return ray_calls.unwrap(exc)
 
 
 def _placed(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:

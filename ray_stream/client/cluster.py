@@ -3,19 +3,32 @@
 ``start_local`` runs the embedded cluster inside this process's Ray (starting Ray when
 needed); ``connect`` attaches to one that runs elsewhere (``ray-stream start`` records
 how to reach it in ``~/.ray_stream/cluster.json``).
+
+Rules this module keeps:
+
+1. A connected handle never calls into a dead Ray session: once its cluster is lost
+   (stopped, restarted, replaced) every call raises ``Unavailable`` saying to call
+   ``connect()`` again, and ``connect()`` reattaches to the cluster running now
+   (actors/attachment.py has the how and the measurements).
+2. A call waits at most ``timeout_s`` for the cluster (a restarting metadata actor),
+   then raises ``Unavailable`` naming what to do. Reads are re-sent within that time;
+   writes are sent once (a second create could answer TopicAlreadyExists for the first).
+3. ``close()`` detaches and never stops a cluster; ``shutdown()`` stops a cluster this
+   handle started (``start_local``) and only detaches a connected one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ray_stream.actors import handles
+from ray_stream.actors.attachment import Attachment
+from ray_stream.client.state import STATE_FILE, clear_state, pid_alive, read_state, write_state
 from ray_stream.config import (
     DEFAULT_GROUP,
     METADATA_ACTOR_NAME,
@@ -24,17 +37,32 @@ from ray_stream.config import (
     Settings,
     parse_group,
     settings_from_env,
-    state_dir,
     unique_groups,
 )
+from ray_stream.core.backoff import Backoff
 from ray_stream.core.fleet import AgentRecord, FleetView
 from ray_stream.core.types import BrokerInfo, TopicInfo
 from ray_stream.errors import InvalidPartitions, InvalidRequest, Unavailable
 
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "STATE_FILE",
+    "Cluster",
+    "clear_state",
+    "connect",
+    "pid_alive",
+    "read_state",
+    "start_local",
+    "write_state",
+    "zone_totals",
+]
+
 log = logging.getLogger(__name__)
 
-STATE_FILE = "cluster.json"
 VIEW_TTL_S = 2.0  # how long the fleet view is reused for picking agents
+# How long a call waits for the cluster (a metadata actor restarts in seconds) and how
+# long connect() waits for a recorded cluster to answer: issue 12's bound.
+DEFAULT_TIMEOUT_S = 30.0
 
 
 class Cluster:
@@ -42,7 +70,17 @@ class Cluster:
 
     Created by :func:`start_local` or :func:`connect`; usable from any process attached
     to the same Ray cluster. Methods raise ray_stream errors (``InvalidTopic``,
-    ``UnknownTopicOrPartition``, ``Unavailable``, ...).
+    ``UnknownTopicOrPartition``, ``Unavailable``, ...); each waits at most ``timeout_s``
+    for the cluster. A context manager: leaving the ``with`` block stops a cluster this
+    handle started and detaches from a connected one (``shutdown()``).
+
+    Args:
+        settings: the cluster's settings.
+        owned: this handle started the cluster (``shutdown()`` stops it).
+        started_ray: ``start_local`` started this process's Ray (stopped with it).
+        actors: the metadata and fleet handles of a cluster this process created.
+        attachment: the Ray session ``connect()`` attached (None: this process's Ray).
+        timeout_s: how long a call waits for the cluster (module rule 2).
     """
 
     def __init__(
@@ -52,10 +90,14 @@ class Cluster:
         owned: bool,
         started_ray: bool,
         actors: tuple[Any, Any] | None = None,
+        attachment: Attachment | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.settings = settings
+        self.timeout_s = timeout_s
         self._owned = owned
         self._started_ray = started_ray
+        self._attachment = attachment
         # The creating handles must stay referenced: Ray destroys a non-detached actor
         # once its creator's handles are gone.
         if actors is not None:
@@ -75,21 +117,21 @@ class Cluster:
         """Create a topic. Raises InvalidTopic, InvalidPartitions, TopicAlreadyExists."""
         if not isinstance(partitions, int) or isinstance(partitions, bool):
             raise InvalidPartitions(f"partitions must be an int, got {type(partitions).__name__}")
-        return handles.get(self._metadata.create_topic.remote(name, partitions, config or {}))
+        return self._ask(lambda m: m.create_topic.remote(name, partitions, config or {}))
 
     def list_topics(self) -> list[TopicInfo]:
-        return handles.get(self._metadata.list_topics.remote())
+        return self._ask(lambda m: m.list_topics.remote(), resend=True)
 
     def describe_topic(self, name: str) -> TopicInfo:
         """Topic, config and each partition's offsets. Raises UnknownTopicOrPartition."""
-        return handles.get(self._metadata.describe_topic.remote(name))
+        return self._ask(lambda m: m.describe_topic.remote(name), resend=True)
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic and its offsets. Raises UnknownTopicOrPartition."""
-        handles.get(self._metadata.delete_topic.remote(name))
+        self._ask(lambda m: m.delete_topic.remote(name))
 
     def create_partitions(self, name: str, total: int) -> TopicInfo:
-        return handles.get(self._metadata.create_partitions.remote(name, total))
+        return self._ask(lambda m: m.create_partitions.remote(name, total))
 
     # ------------------------------------------------------------- clients
 
@@ -135,7 +177,7 @@ class Cluster:
         service's registry has them."""
         now = time.monotonic()
         if self._view is None or refresh or now - self._view_at > VIEW_TTL_S:
-            self._view = handles.get(self._metadata.fleet.remote())
+            self._view = self._ask(lambda m: m.fleet.remote(), resend=True)
             self._view_at = now
         return self._view
 
@@ -176,6 +218,7 @@ class Cluster:
         """
         # Not cached: ids are reused (scale down then up, nodes that come and go), and
         # a handle outlives the actor it named.
+        self._check_usable()
         return handles.get_agent(self.settings.namespace, agent_id)
 
     @property
@@ -185,6 +228,13 @@ class Cluster:
 
     @property
     def metadata(self) -> Any:
+        """The metadata actor's handle.
+
+        Raises:
+            Unavailable: the cluster is gone (call ``connect()`` again).
+            InvalidRequest: the handle is closed.
+        """
+        self._check_usable()
         return self._metadata
 
     def brokers(self, zone: str | None = None, group: str = DEFAULT_GROUP) -> list[BrokerInfo]:
@@ -203,6 +253,7 @@ class Cluster:
         Raises:
             InvalidConfig: per-node clusters, unknown groups, no agent left.
         """
+        self._check_usable()
         placed = handles.get(self._fleet_handle().scale.remote(agents, group), timeout_s=300)
         self.fleet(refresh=True)
         return placed
@@ -214,7 +265,7 @@ class Cluster:
 
     def status(self) -> dict[str, Any]:
         """The metadata actor, each live agent's counters, and their sums per zone."""
-        meta = handles.get(self._metadata.ping.remote())
+        meta = self._ask(lambda m: m.ping.remote(), resend=True)
         view = self.fleet(refresh=True)
         refs: list[Any] = []
         for a in view.agents:
@@ -230,7 +281,7 @@ class Cluster:
                 agents.append(handles.get(ref, timeout_s=30))
             except Exception as exc:  # a dying agent: reported, not fatal
                 agents.append({"agent_id": record.agent_id, "zone": record.zone, "error": str(exc)})
-        lag = handles.get(self._metadata.consumer_lag.remote())
+        lag = self._ask(lambda m: m.consumer_lag.remote(), resend=True)
         return {
             "namespace": self.settings.namespace,
             "object_store": self.settings.resolved_object_store,
@@ -242,13 +293,32 @@ class Cluster:
             "lag": [{"group": g, "topic": t, "partition": p, "lag": n} for g, t, p, n in lag],
         }
 
-    def shutdown(self) -> None:
-        """Stop the cluster if this handle started it (flushing agents first)."""
+    # ------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Detach this handle; the cluster keeps running (module rule 3).
+
+        A connected handle lets go of its Ray session (the process's last connected
+        handle shuts the session down; a session of the caller's own ``ray.init`` is left
+        to them). A handle from ``start_local`` only stops being usable: the cluster runs
+        on in this process's Ray until ``shutdown()`` or the process exits. Producers and
+        consumers made from the handle stop working; close them first. Idempotent.
+        """
         if self._closed:
             return
         self._closed = True
-        if not self._owned:
+        if self._attachment is not None:
+            handles.release(self._attachment)
+
+    def shutdown(self) -> None:
+        """Stop the cluster if this handle started it (flushing agents first); a
+        connected handle is only detached, as by ``close()``."""
+        if self._closed:
             return
+        if not self._owned:
+            self.close()
+            return
+        self._closed = True
         try:
             handles.get(self._fleet_handle().stop_all.remote(), timeout_s=120)
         except Exception as exc:  # agents of a dead fleet exit once the cluster is gone
@@ -269,6 +339,64 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+    # ------------------------------------------------------------- calls
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise InvalidRequest(
+                "this Cluster handle is closed; call ray_stream.connect() for a new one"
+            )
+        if self._attachment is not None:
+            self._attachment.check()
+
+    def _ask(self, call: Callable[[Any], Any], *, resend: bool = False) -> Any:
+        """``call(metadata_actor)``'s answer within ``timeout_s`` (``_call_metadata``)."""
+        return _call_metadata(
+            self._metadata,
+            call,
+            timeout_s=self.timeout_s,
+            resend=resend,
+            check=self._check_usable,
+        )
+
+
+def _call_metadata(
+    metadata: Any,
+    call: Callable[[Any], Any],
+    *,
+    timeout_s: float,
+    resend: bool = False,
+    check: Callable[[], None] = lambda: None,
+) -> Any:
+    """``call(metadata)``'s answer, waiting at most ``timeout_s`` for the cluster.
+
+    Args:
+        metadata: the metadata actor's handle.
+        call: sends the call (``lambda m: m.list_topics.remote()``).
+        timeout_s: the whole wait, resends included.
+        resend: send again after Unavailable (reads only: module rule 2).
+        check: raises when the handle can no longer be used (run before each send).
+
+    Raises:
+        Unavailable: no answer in time, or the cluster is gone (the message says what
+            to do).
+    """
+    deadline = time.monotonic() + timeout_s
+    for delay in Backoff():
+        check()
+        try:
+            return handles.get(call(metadata), timeout_s=max(deadline - time.monotonic(), 0.01))
+        except Unavailable as exc:
+            check()  # gone: say so, not "timed out"
+            if not resend or time.monotonic() + delay >= deadline:
+                raise Unavailable(
+                    f"the cluster did not answer within timeout_s={timeout_s:g} s ({exc}); "
+                    "it may be restarting: retry, check `ray-stream status`, or call "
+                    "ray_stream.connect() again if it was restarted"
+                ) from exc
+        time.sleep(delay)
+    raise AssertionError("Backoff() is endless")  # pragma: no cover
 
 
 def start_local(
@@ -354,35 +482,54 @@ def start_local(
     return Cluster(settings, owned=True, started_ray=started_ray, actors=(metadata, fleet))
 
 
-def connect(address: str | None = None, *, namespace: str | None = None) -> Cluster:
-    """Attach to a running cluster.
+def connect(
+    address: str | None = None,
+    *,
+    namespace: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Cluster:
+    """Attach to a running cluster, dropping this process's Ray session first if its
+    cluster was stopped or replaced (call it again after a restart).
 
     Args:
         address: a Ray address (``host:port`` of the GCS, or ``auto``). None reads the
-            record ``ray-stream start`` left in ``~/.ray_stream/cluster.json``, or uses
-            the Ray this process already runs in.
+            record ``ray-stream start`` left in ``~/.ray_stream/cluster.json``. A Ray
+            session this process started itself (its own ``ray.init``, ``start_local``)
+            is used as it is while it answers; one a previous ``connect()`` started is
+            replaced when its cluster is gone or the record names another one.
         namespace: Ray namespace of the cluster (default from the record, else
             ``ray_stream``).
+        timeout_s: how long connecting, and then each call of the handle, waits for the
+            cluster (e.g. a restarting metadata actor) before raising Unavailable.
 
     Raises:
-        Unavailable: no cluster is running there (the message says how to start one).
+        Unavailable: no cluster is running there (the message says how to start one), or
+            it did not answer within ``timeout_s``.
     """
-    import ray
-
     record = read_state()
-    if address is None and not ray.is_initialized():
-        if record is None:
-            raise Unavailable(
-                "no running ray_stream cluster found: start one with `ray-stream start` "
-                "(or pass connect(address=...))"
-            )
-        address = record["ray_address"]
+    server_pid = None
+    if address is None and record is not None:
+        address = str(record["ray_address"])
+        pid = record.get("pid")
+        server_pid = pid if isinstance(pid, int) else None
     ns = namespace or (record or {}).get("namespace") or NAMESPACE
-    if not ray.is_initialized():
-        handles.ensure_ray(address=address, namespace=ns)
-    meta = handles.get_metadata(ns)
-    settings: Settings = handles.get(meta.settings.remote())
-    return Cluster(settings, owned=False, started_ray=False)
+    attachment = handles.attach(address, namespace=ns, server_pid=server_pid)
+    try:
+        meta = handles.get_metadata(ns)
+        settings: Settings = _call_metadata(
+            meta, lambda m: m.settings.remote(), timeout_s=timeout_s, resend=True
+        )
+    except BaseException:
+        handles.release(attachment)
+        raise
+    return Cluster(
+        settings,
+        owned=False,
+        started_ray=False,
+        actors=(meta, None),
+        attachment=attachment,
+        timeout_s=timeout_s,
+    )
 
 
 ZONE_COUNTERS = (
@@ -408,56 +555,3 @@ def zone_totals(agents: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
         for key in ZONE_COUNTERS:
             total[key] = total.get(key, 0) + int(stats.get(key, 0) or 0)
     return zones
-
-
-def write_state(cluster: Cluster) -> Path:
-    path = state_dir() / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "ray_address": handles.gcs_address(),
-        "namespace": cluster.settings.namespace,
-        "kafka": cluster.bootstrap_servers,
-        "data_dir": cluster.settings.resolved_data_dir,
-        "pid": os.getpid(),
-    }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
-    return path
-
-
-def read_state() -> dict[str, Any] | None:
-    path = state_dir() / STATE_FILE
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = record.get("pid")
-    if isinstance(pid, int) and not pid_alive(pid):
-        return None
-    return record
-
-
-def clear_state() -> None:
-    path = state_dir() / STATE_FILE
-    try:
-        record = json.loads(path.read_text())
-        if record.get("pid") == os.getpid():
-            path.unlink()
-    except (OSError, ValueError):
-        pass
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (signal 0 probe)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # an exited child its parent has not reaped yet is a zombie, not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

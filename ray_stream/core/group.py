@@ -54,6 +54,10 @@ DEAD = "Dead"
 
 Protocols = tuple[tuple[str, bytes], ...]
 
+# Kafka's broker defaults for group.min.session.timeout.ms / group.max.session.timeout.ms.
+DEFAULT_MIN_SESSION_TIMEOUT_MS = 6_000
+DEFAULT_MAX_SESSION_TIMEOUT_MS = 1_800_000
+
 
 @wire
 @dataclass(frozen=True, slots=True)
@@ -243,8 +247,12 @@ class GroupCoordinator:
         initial_rebalance_delay_ms: how long a group's first rebalance waits for more
             members (Kafka's ``group.initial.rebalance.delay.ms``); each new member during
             a new group's delay extends it, up to the rebalance timeout.
-        min_session_timeout_ms / max_session_timeout_ms: accepted session timeouts
-            (``group.min/max.session.timeout.ms``); outside -> INVALID_SESSION_TIMEOUT.
+        min_session_timeout_ms / max_session_timeout_ms: the session timeouts a JoinGroup
+            may ask for, inclusive (Kafka's ``group.min.session.timeout.ms`` and
+            ``group.max.session.timeout.ms``, 6 s and 30 min by default); outside them
+            the join is answered INVALID_SESSION_TIMEOUT. The minimum keeps a member
+            from asking to be declared dead faster than its heartbeats can arrive; the
+            maximum bounds how long a silent member can hold its partitions.
     """
 
     def __init__(
@@ -252,8 +260,8 @@ class GroupCoordinator:
         *,
         rand: random.Random,
         initial_rebalance_delay_ms: int = 300,
-        min_session_timeout_ms: int = 1,
-        max_session_timeout_ms: int = 1_800_000,
+        min_session_timeout_ms: int = DEFAULT_MIN_SESSION_TIMEOUT_MS,
+        max_session_timeout_ms: int = DEFAULT_MAX_SESSION_TIMEOUT_MS,
     ) -> None:
         self._rand = rand
         self._initial_delay_ms = initial_rebalance_delay_ms

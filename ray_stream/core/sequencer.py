@@ -22,7 +22,9 @@ Invariants:
   batch's last offset + 1; the high watermark is the last batch's last offset + 1;
 - offsets are assigned in commit order (request order, then entry order);
 - a retried idempotent batch (same producer id, epoch and base sequence as one of the
-  last ``REMEMBERED_BATCHES``) gets its original offset back and adds nothing;
+  last ``REMEMBERED_BATCHES``, or lying inside one of them: a remembered entry may be a
+  run of batches contiguous in sequences and offsets) gets its original offset back and
+  adds nothing;
 - a request marked as a possible resend (``plan_commits(retries=...)``) whose batch is
   already committed from the same segment key and position gets its original offset
   back and adds nothing (segment objects are immutable, so key + position is identity);
@@ -108,7 +110,10 @@ class ProducerState:
     """Per (producer_id, topic, partition): the epoch and the last committed batches.
 
     ``batches`` holds ``(base_sequence, last_sequence, base_offset)``, oldest first, at
-    most ``REMEMBERED_BATCHES`` of them, never empty.
+    most ``REMEMBERED_BATCHES`` of them, never empty. One entry may stand for a run of
+    batches whose sequences and offsets are both contiguous (offset = base_offset +
+    sequence - base_sequence inside it), so a producer that pipelines many batches per
+    call can still have any of its last calls' batches recognised as resends.
     """
 
     epoch: int
@@ -707,15 +712,20 @@ def _next_producer_state(
                 f"got {seq} on {entry.topic}-{entry.partition}"
             )
         return ProducerState(epoch, ((seq, last_seq, base_offset),)), None
-    for first, _, offset in state.batches:
-        if first == seq:
-            return state, offset
+    for first, last, offset in state.batches:
+        if first == seq or (first < seq and last_seq <= last and first <= last):
+            return state, offset + (seq - first)
     expected = (state.batches[-1][1] + 1) % SEQUENCE_LIMIT
     if seq != expected:
         raise OutOfOrderSequence(
             f"producer {entry.producer_id} epoch {epoch} sent sequence {seq}, expected "
             f"{expected} on {entry.topic}-{entry.partition}"
         )
+    first, last, offset = state.batches[-1]
+    if seq > first and base_offset == offset + (seq - first):
+        # Contiguous in sequences and in offsets (one caller's batches of one call, or
+        # of calls no other producer came between): one run stands for them all.
+        return ProducerState(epoch, (*state.batches[:-1], (first, last_seq, offset))), None
     kept = state.batches[-(REMEMBERED_BATCHES - 1) :]
     return ProducerState(epoch, (*kept, (seq, last_seq, base_offset))), None
 

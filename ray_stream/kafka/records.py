@@ -362,22 +362,29 @@ def encode_columns(
     headers: Sequence[Sequence[tuple[str, bytes | None]] | None] | None = None,
     now_ms: int,
     compression: str | None = None,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
 ) -> bytes:
     """``encode_batch`` for column lists (the Arrow path): no Record object per row.
 
     Raises:
-        InvalidRequest: no rows, a value of the wrong type, an unknown compression.
+        InvalidRequest: no rows, a value of the wrong type, an out-of-range producer
+            field, an unknown compression.
         RecordTooLarge: the batch would exceed 2 GiB.
     """
     if not values:
         raise InvalidRequest("encode_columns needs at least one row")
+    _check_range("producer_id", producer_id, 64)
+    _check_range("producer_epoch", producer_epoch, 16)
+    _check_range("base_sequence", base_sequence, 32)
     builder = DefaultRecordBatchBuilder(
         magic=2,
         compression_type=_compression_code(compression),
         is_transactional=0,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
         batch_size=_MAX_BATCH_BYTES,
     )
     append = builder.append

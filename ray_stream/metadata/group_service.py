@@ -24,6 +24,8 @@ import random
 
 from ray_stream.clock import Clock, SystemClock
 from ray_stream.core.group import (
+    DEFAULT_MAX_SESSION_TIMEOUT_MS,
+    DEFAULT_MIN_SESSION_TIMEOUT_MS,
     GroupCoordinator,
     GroupDeletion,
     GroupDescription,
@@ -53,6 +55,10 @@ class GroupService:
             single consumer's start quick while still batching a burst of joiners).
         tick_interval_s: the longest the background task sleeps between checks.
         rand: source of member-id uuids (seed it for reproducible ids).
+        min_session_timeout_ms / max_session_timeout_ms: the session timeouts a JoinGroup
+            may ask for (Kafka's ``group.min/max.session.timeout.ms``, 6 s and 30 min by
+            default; the metadata service passes the Settings' values); outside them
+            the join is answered InvalidSessionTimeout.
     """
 
     def __init__(
@@ -62,11 +68,15 @@ class GroupService:
         initial_rebalance_delay_ms: int = 300,
         tick_interval_s: float = 0.1,
         rand: random.Random | None = None,
+        min_session_timeout_ms: int = DEFAULT_MIN_SESSION_TIMEOUT_MS,
+        max_session_timeout_ms: int = DEFAULT_MAX_SESSION_TIMEOUT_MS,
     ) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._core = GroupCoordinator(
             rand=rand if rand is not None else random.Random(),
             initial_rebalance_delay_ms=initial_rebalance_delay_ms,
+            min_session_timeout_ms=min_session_timeout_ms,
+            max_session_timeout_ms=max_session_timeout_ms,
         )
         self._tick_interval_s = tick_interval_s
         # ticket -> (future of the parked request, its answer if the service closes first)

@@ -135,7 +135,11 @@ class MetadataService:
         self._waiters: dict[tuple[str, int], asyncio.Event] = {}
         self._catalog_version = recovered.epoch << 32  # + 1 per topic deletion (rule 7)
         self._catalog_changed = asyncio.Event()
-        self._groups = GroupService(self._clock)
+        self._groups = GroupService(
+            self._clock,
+            min_session_timeout_ms=settings.group_min_session_timeout_ms,
+            max_session_timeout_ms=settings.group_max_session_timeout_ms,
+        )
         self._registry = AgentRegistry(self._clock)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writer = MetadataWriter(

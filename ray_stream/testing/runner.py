@@ -82,6 +82,8 @@ class ChaosConfig:
     # max_block_ms is 10 s, then a 1 s pause): 10 s flagged live clients as stuck.
     quiet_s: float = 20.0
     drain_timeout_s: float = 60.0
+    # The Python producers' delivery_timeout_s: resends end (as indeterminate) after it.
+    delivery_timeout_s: float = 30.0
     recovery_timeout_s: float = 60.0
     settle_timeout_s: float = 30.0
     wipe_metadata_disk: bool = True
@@ -261,6 +263,7 @@ def _workers(
             topic=TOPIC,
             partitions=config.partitions,
             rate=config.rate,
+            delivery_timeout_s=config.delivery_timeout_s,
         )
         for i in range(config.producers)
     ]

@@ -1,10 +1,13 @@
 """The chaos workload: producers and consumers that record everything they are told.
 
-Clients never retry on their own (Jepsen's rule: a retry above the client would make
-duplicates the harness's fault). A send is recorded as ``ok`` with the offset the system
-acknowledged, ``fail`` when the error guarantees nothing was written, and ``info``
-otherwise. After any error a client is torn down and recreated as a new *process* (a new
-incarnation name), as Jepsen does with crashed clients. Producers pipeline, so one
+The harness never retries a send (Jepsen's rule: a retry above the client would make
+duplicates the harness's fault). The Python producers are the product's idempotent
+producer, which resends retriable failures itself (deduplicated by the metadata actor,
+which is what the checker then holds it to) until its delivery timeout. A send is
+recorded as ``ok`` with the offset the system acknowledged, ``fail`` when the error
+guarantees nothing was written, and ``info`` otherwise. After any error a client is
+torn down and recreated as a new *process* (a new incarnation name), as Jepsen does with
+crashed clients. Producers pipeline, so one
 process may have many sends in flight; the invariant kept is that no send of a process
 starts after one of its errors was observed (the error handler marks the process broken
 before recording, and a send checks the mark after taking its start time). The
@@ -154,9 +157,11 @@ class ProducerWorker(_Worker):
         topic: str,
         partitions: int,
         rate: float,
+        delivery_timeout_s: float = 30.0,
     ) -> None:
         super().__init__(f"p{index}", history, stop)
         self.index = index
+        self.delivery_timeout_s = delivery_timeout_s
         self.holder = holder
         self.topic = topic
         self.partitions = partitions
@@ -172,15 +177,21 @@ class ProducerWorker(_Worker):
         broken = threading.Event()
         process = ""
         next_at = time.monotonic()
+        generation = -1
         while not self.stop.is_set():
+            if producer is not None and generation != self.holder.generation:
+                broken.set()  # the whole cluster was restarted: a new process, as after a crash
             if producer is None or broken.is_set():
                 _close_later(producer)
                 producer, broken = None, threading.Event()
                 cluster = self.holder.get()
                 if cluster is None:
                     continue
+                generation = self.holder.generation
                 try:
-                    producer = cluster.producer(agent=self.index)
+                    producer = cluster.producer(
+                        agent=self.index, delivery_timeout_s=self.delivery_timeout_s
+                    )
                 except Exception as exc:
                     self.failed(exc)
                     time.sleep(0.2)

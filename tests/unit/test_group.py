@@ -54,7 +54,10 @@ class Harness:
     """A coordinator plus the answers it produced for parked tickets."""
 
     def __init__(self, *, delay_ms: int = 300) -> None:
-        self.core = GroupCoordinator(rand=random.Random(7), initial_rebalance_delay_ms=delay_ms)
+        # Sessions of 1-3 s below keep the scenarios short: lower Kafka's 6 s minimum.
+        self.core = GroupCoordinator(
+            rand=random.Random(7), initial_rebalance_delay_ms=delay_ms, min_session_timeout_ms=1
+        )
         self.answers: dict[int, JoinResult | SyncResult] = {}
 
     def _collect(self) -> None:

@@ -38,7 +38,9 @@ def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
 
 def service(clock: ManualClock, **kwargs) -> GroupService:
     # A long tick interval: the ticker runs when a call wakes it (``settle``), and it
-    # reads the ManualClock then, so simulated time alone decides what is due.
+    # reads the ManualClock then, so simulated time alone decides what is due. Sessions
+    # of 300 ms keep the scenarios short: lower Kafka's 6 s minimum.
+    kwargs.setdefault("min_session_timeout_ms", 1)
     return GroupService(clock, tick_interval_s=60, **kwargs)
 
 
@@ -218,7 +220,9 @@ def test_group_service_is_driven_by_the_injected_clock():
         clock = ManualClock()
         # A short tick interval and no call after the clock moves: the ticker must read
         # the injected clock by itself.
-        svc = GroupService(clock, initial_rebalance_delay_ms=1_000, tick_interval_s=0.01)
+        svc = GroupService(
+            clock, initial_rebalance_delay_ms=1_000, tick_interval_s=0.01, min_session_timeout_ms=1
+        )
         task = await join(svc)
         await settle(svc)
         assert not task.done()  # no simulated time passed: the initial delay still runs

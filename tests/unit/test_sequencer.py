@@ -275,10 +275,27 @@ def test_only_the_last_five_batches_are_remembered():
     seq = make_seq(t=1)
     for i in range(REMEMBERED_BATCHES + 1):
         commit(seq, entry(0, 1, pid=7, epoch=0, seq=i))
+        commit(seq, entry(0, 1, pid=8, epoch=0, seq=i))  # another producer comes between
     (oldest,) = commit(seq, entry(0, 1, pid=7, epoch=0, seq=0))
     (kept,) = commit(seq, entry(0, 1, pid=7, epoch=0, seq=1))
     assert isinstance(oldest.error, OutOfOrderSequence)
-    assert (kept.base_offset, kept.duplicate) == (1, True)
+    assert (kept.base_offset, kept.duplicate) == (2, True)
+
+
+def test_batches_contiguous_in_offsets_are_remembered_as_one_run():
+    seq = make_seq(t=1)
+    # Twenty batches of 3 records, nothing else between them: one remembered run.
+    for i in range(20):
+        commit(seq, entry(0, 3, pid=7, epoch=0, seq=3 * i))
+    commit(seq, entry(0, 1, pid=8, epoch=0, seq=0))  # offset 60: the run ends here
+    commit(seq, entry(0, 2, pid=7, epoch=0, seq=60))  # offsets 61-62
+    results = [commit(seq, entry(0, 3, pid=7, epoch=0, seq=3 * i))[0] for i in range(20)]
+    assert [(r.base_offset, r.duplicate) for r in results] == [(3 * i, True) for i in range(20)]
+    (last,) = commit(seq, entry(0, 2, pid=7, epoch=0, seq=60))
+    assert (last.base_offset, last.duplicate) == (61, True)
+    (straddling,) = commit(seq, entry(0, 4, pid=7, epoch=0, seq=58))
+    assert isinstance(straddling.error, OutOfOrderSequence)
+    assert seq.partition_info("t", 0).high_watermark == 63
 
 
 def test_unknown_producer_may_start_at_any_sequence():
@@ -323,7 +340,7 @@ def test_producer_rows_hold_the_state_after_the_round():
     )
     (row,) = changes.producers
     assert (row.producer_id, row.topic, row.partition) == (7, "t", 0)
-    assert row.state.batches == ((0, 1, 0), (2, 4, 2))
+    assert row.state.batches == ((0, 4, 0),)  # contiguous: one run
 
 
 def test_non_idempotent_batches_are_never_deduplicated():
