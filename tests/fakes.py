@@ -30,6 +30,7 @@ from ray_stream.agent.log_service import LogService
 from ray_stream.clock import Clock, SystemClock
 from ray_stream.config import Settings
 from ray_stream.core.fleet import AgentRecord
+from ray_stream.kafka.context import Peer
 from ray_stream.kafka.framing import encode_frame
 from ray_stream.kafka.handlers import KafkaHandlers
 from ray_stream.kafka.protocol import Request, build, encode_response, request_class, response_class
@@ -325,7 +326,7 @@ class HandlerHarness:
     ) -> Any:
         body = build(request_class(api_key, version), values)
         request = Request(api_key, version, 11, client_id, body)
-        response = await self.handlers.handle(request, client_host="/127.0.0.1")
+        response = await self.handlers.handle(request, peer=Peer(host="/127.0.0.1"))
         if response is None:
             return None
         correlation_id, decoded = decode_response(

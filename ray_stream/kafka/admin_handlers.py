@@ -29,6 +29,7 @@ from ray_stream.kafka.context import (
     NO_AUTHORIZED_OPERATIONS,
     Handler,
     KafkaBackend,
+    Peer,
     TopicNames,
     cluster_id,
 )
@@ -99,7 +100,7 @@ class AdminHandlers:
             ApiKey.DESCRIBE_CLUSTER: self._describe_cluster,
         }
 
-    async def _create_topics(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _create_topics(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
         names = [t.name for t in body.topics]
         results = []
@@ -141,7 +142,7 @@ class AdminHandlers:
             return
         raise TopicAlreadyExists(f"topic {name!r} already exists")
 
-    async def _delete_topics(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _delete_topics(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
         if request.api_version >= 6:
             wanted = [(t.name, t.topic_id) for t in body.topics]
@@ -174,7 +175,7 @@ class AdminHandlers:
             )
         return {"responses": responses}
 
-    async def _create_partitions(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _create_partitions(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
         results = []
         for topic in body.topics:
@@ -200,7 +201,7 @@ class AdminHandlers:
             )
         return {"results": results}
 
-    async def _describe_configs(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _describe_configs(self, request: Request, peer: Peer) -> dict[str, Any]:
         results = []
         for resource in request.body.resources:
             keys = resource.configuration_keys or None  # Kafka: null or empty = all
@@ -233,7 +234,7 @@ class AdminHandlers:
             ]
         raise InvalidRequest(f"describe_configs: resource type {resource_type} is not supported")
 
-    async def _describe_cluster(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _describe_cluster(self, request: Request, peer: Peer) -> dict[str, Any]:
         backend = self._backend
         zone = client_zone(request.client_id)
         brokers = sorted(await backend.brokers(zone), key=lambda b: b.node_id)

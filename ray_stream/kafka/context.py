@@ -11,6 +11,7 @@ Never: import asyncio, sockets or clocks.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ray_stream.config import Settings
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
     from ray_stream.kafka.protocol import Request
 
 __all__ = [
+    "ANONYMOUS",
     "NO_AUTHORIZED_OPERATIONS",
     "Handler",
     "KafkaBackend",
+    "Peer",
     "TopicNames",
     "cluster_id",
     "own_broker",
@@ -33,6 +36,20 @@ __all__ = [
 ]
 
 NO_AUTHORIZED_OPERATIONS = -(2**31)  # Kafka's "not requested" sentinel
+ANONYMOUS = "User:ANONYMOUS"  # Kafka's principal for an unauthenticated connection
+
+
+@dataclass(slots=True)
+class Peer:
+    """Who sent a request: one per connection, handed to every handler.
+
+    ``host`` is the client's address as Kafka prints it ("/127.0.0.1"); ``principal``
+    is Kafka's ``User:<name>`` form, ``ANONYMOUS`` until the connection authenticates
+    (SASL) or presents a client certificate (TLS). The server sets it; handlers read it.
+    """
+
+    host: str
+    principal: str = ANONYMOUS
 
 
 class KafkaBackend(Protocol):
@@ -72,7 +89,7 @@ class KafkaBackend(Protocol):
     ) -> list[FetchResult]: ...
 
 
-Handler = Callable[["Request", str], Awaitable["dict[str, Any] | None"]]
+Handler = Callable[["Request", Peer], Awaitable["dict[str, Any] | None"]]
 
 
 def cluster_id(settings: Settings) -> str:

@@ -32,6 +32,7 @@ from ray_stream.kafka.context import (
     NO_AUTHORIZED_OPERATIONS,
     Handler,
     KafkaBackend,
+    Peer,
     own_broker,
 )
 from ray_stream.kafka.errors_map import error_code, note_unexpected
@@ -78,7 +79,7 @@ class GroupHandlers:
             ApiKey.DELETE_GROUPS: self._delete_groups,
         }
 
-    async def _find_coordinator(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _find_coordinator(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
         me = await own_broker(self._backend, client_zone(request.client_id))
         key_type = getattr(body, "key_type", KEY_TYPE_GROUP)
@@ -95,7 +96,7 @@ class GroupHandlers:
             return {"coordinators": [{"key": key, **entry} for key in body.coordinator_keys]}
         return entry
 
-    async def _join_group(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _join_group(self, request: Request, peer: Peer) -> dict[str, Any]:
         body, version = request.body, request.api_version
         session_ms = _ms(body.session_timeout)
         join = JoinRequest(
@@ -107,7 +108,7 @@ class GroupHandlers:
             session_timeout_ms=session_ms,
             rebalance_timeout_ms=_ms(getattr(body, "rebalance_timeout", None), session_ms),
             client_id=request.client_id or "",
-            client_host=client_host,
+            client_host=peer.host,
             require_known_member_id=version >= 4,
         )
         try:
@@ -134,7 +135,7 @@ class GroupHandlers:
             ],
         }
 
-    async def _sync_group(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _sync_group(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
         sync = SyncRequest(
             group_id=body.group_id,
@@ -156,7 +157,7 @@ class GroupHandlers:
             "assignment": result.assignment,
         }
 
-    async def _heartbeat(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _heartbeat(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
         beat = HeartbeatRequest(
             body.group_id,
@@ -170,7 +171,7 @@ class GroupHandlers:
             return {"error_code": _service_error(exc, "heartbeat")}
         return {"error_code": ErrorCode.none}
 
-    async def _leave_group(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _leave_group(self, request: Request, peer: Peer) -> dict[str, Any]:
         body, version = request.body, request.api_version
         if version >= 3:
             members = tuple((m.member_id, m.group_instance_id) for m in body.members)
@@ -195,7 +196,7 @@ class GroupHandlers:
             ],
         }
 
-    async def _offset_commit(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _offset_commit(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
         offsets: dict[TopicPartition, CommittedOffset] = {}
         too_large: set[tuple[str, int]] = set()
@@ -239,7 +240,7 @@ class GroupHandlers:
             ]
         }
 
-    async def _offset_fetch(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _offset_fetch(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
         if request.api_version >= 8:
             groups = [await self._group_offsets(g.group_id, g.topics) for g in body.groups]
@@ -280,7 +281,7 @@ class GroupHandlers:
             "error_code": 0,
         }
 
-    async def _list_groups(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _list_groups(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
         states = list(getattr(body, "states_filter", ()) or ()) or None
         types = {t.lower() for t in getattr(body, "types_filter", ()) or ()}
@@ -303,7 +304,7 @@ class GroupHandlers:
             ],
         }
 
-    async def _describe_groups(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _describe_groups(self, request: Request, peer: Peer) -> dict[str, Any]:
         group_ids = list(request.body.groups)
         try:
             descriptions = await self._meta.describe_groups(group_ids)
@@ -336,7 +337,7 @@ class GroupHandlers:
             ]
         }
 
-    async def _delete_groups(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _delete_groups(self, request: Request, peer: Peer) -> dict[str, Any]:
         group_ids = list(request.body.groups_names)
         try:
             outcomes = await self._meta.delete_groups(group_ids)

@@ -46,6 +46,7 @@ from ray_stream.kafka.context import (
     NO_AUTHORIZED_OPERATIONS,
     Handler,
     KafkaBackend,
+    Peer,
     TopicNames,
     cluster_id,
     role_error,
@@ -84,25 +85,25 @@ class KafkaHandlers:
             **GroupHandlers(backend).dispatch(),
         }
 
-    async def handle(self, request: Request, *, client_host: str) -> Any | None:
+    async def handle(self, request: Request, *, peer: Peer) -> Any | None:
         """The kio response entity for ``request``, or None when none is due (acks=0).
 
         Raises:
             Whatever a handler did not expect (a bug); the server logs it and closes
             only that connection.
         """
-        values = await self._dispatch[request.api_key](request, client_host)
+        values = await self._dispatch[request.api_key](request, peer)
         if values is None:
             return None
         values.setdefault("throttle_time", 0)
         return build_response(request, values)
 
     # ------------------------------------------------------------- ApiVersions
-    async def _api_versions(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _api_versions(self, request: Request, peer: Peer) -> dict[str, Any]:
         return {"error_code": 0, "api_keys": supported_api_keys()}
 
     # ---------------------------------------------------------------- Metadata
-    async def _metadata(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _metadata(self, request: Request, peer: Peer) -> dict[str, Any]:
         body, version = request.body, request.api_version
         zone = client_zone(request.client_id)
         brokers = sorted(await self.backend.brokers(zone), key=lambda b: b.node_id)
@@ -155,7 +156,7 @@ class KafkaHandlers:
         return info
 
     # ----------------------------------------------------------------- Produce
-    async def _produce(self, request: Request, client_host: str) -> dict[str, Any] | None:
+    async def _produce(self, request: Request, peer: Peer) -> dict[str, Any] | None:
         body = request.body
         entries: list[tuple[str, int, bytes | memoryview]] = []
         slots: list[tuple[str, int, Any, str | None, int, int]] = []
@@ -216,7 +217,7 @@ class KafkaHandlers:
         return batches, None, None
 
     # ------------------------------------------------------------------- Fetch
-    async def _fetch(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _fetch(self, request: Request, peer: Peer) -> dict[str, Any]:
         body, by_id = request.body, request.api_version >= 13
         if getattr(body, "session_id", 0) != 0:  # we never hand out fetch sessions
             return {"error_code": ErrorCode.fetch_session_id_not_found, "responses": []}
@@ -268,7 +269,7 @@ class KafkaHandlers:
             return [FetchResult(t, p, failure, -1, -1) for t, p, _, _ in wanted]
 
     # ------------------------------------------------------------- ListOffsets
-    async def _list_offsets(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _list_offsets(self, request: Request, peer: Peer) -> dict[str, Any]:
         queries = [
             (topic.name, part.partition_index, _timestamp(part.timestamp))
             for topic in request.body.topics
@@ -300,7 +301,7 @@ class KafkaHandlers:
         return {"topics": topics}
 
     # ---------------------------------------------------------- InitProducerId
-    async def _init_producer_id(self, request: Request, client_host: str) -> dict[str, Any]:
+    async def _init_producer_id(self, request: Request, peer: Peer) -> dict[str, Any]:
         try:
             identity = await self.meta.init_producer_id(request.body.transactional_id)
         except Exception as exc:

@@ -30,7 +30,7 @@ import logging
 from typing import Any
 
 from ray_stream.errors import RayStreamError
-from ray_stream.kafka.context import KafkaBackend
+from ray_stream.kafka.context import KafkaBackend, Peer
 from ray_stream.kafka.framing import LENGTH_PREFIX_BYTES, frame_size
 from ray_stream.kafka.handlers import KafkaHandlers
 from ray_stream.kafka.protocol import (
@@ -100,7 +100,7 @@ class _Connection:
         self._queue: asyncio.Queue[_Work | None] = asyncio.Queue(MAX_IN_FLIGHT)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._client_host = "/" + (peer[0] if isinstance(peer, tuple) else str(peer))
+        self.who = Peer(host="/" + (peer[0] if isinstance(peer, tuple) else str(peer)))
         self._aborted = False
         self._current: _Work | None = None  # the request whose answer is awaited
         self._inflight_bytes = 0
@@ -169,7 +169,7 @@ class _Connection:
     def _start(self, request: Request, size: int) -> _Work:
         if request.body is None:  # an ApiVersions version we do not serve
             return request, api_versions_fallback(request), size
-        task = asyncio.create_task(self._handlers.handle(request, client_host=self._client_host))
+        task = asyncio.create_task(self._handlers.handle(request, peer=self.who))
         return request, task, size
 
     async def _write_loop(self) -> None:
