@@ -11,6 +11,7 @@ Tree::
     │   ├── RecordTooLarge
     │   ├── OffsetOutOfRange
     │   ├── OutOfOrderSequence
+    │   ├── DuplicateSequence   a resend of a batch written earlier than remembered
     │   ├── InvalidProducerEpoch
     │   ├── InvalidConfig
     │   └── RoleNotServed       this agent's group does not serve produce (or consume)
@@ -75,6 +76,13 @@ class OffsetOutOfRange(InvalidRequest):
 
 class OutOfOrderSequence(InvalidRequest):
     """An idempotent producer skipped a sequence number."""
+
+
+class DuplicateSequence(InvalidRequest):
+    """An idempotent producer resent a batch that was committed before the oldest batch
+    the metadata actor still remembers for it: it is in the log exactly once, at an
+    offset no longer known (Kafka's DUPLICATE_SEQUENCE_NUMBER; clients count the batch
+    as written)."""
 
 
 class InvalidProducerEpoch(InvalidRequest):

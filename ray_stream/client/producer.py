@@ -30,8 +30,8 @@ Rules this module keeps:
    partition in between). A batch is uncertain only if its flush was committed and the
    answer lost (the agent died between its commit and its reply), which an agent's
    commit pipeline bounds to its last few flushes, so a resend finds its original
-   offset. A resend older than every remembered run is refused as out of order, never
-   written twice; its future fails at ``delivery_timeout_s``.
+   offset. A resend older than every remembered run is answered DuplicateSequence
+   (it was written once): its records count as delivered, with offset -1, as in Kafka.
 4. **A batch that failed for good leaves no gap behind it**: its partition takes a new
    producer id, and every later batch of the partition is stamped afresh under it.
 5. **Bounded memory**: records count against ``buffer_bytes`` from ``send`` until their
@@ -58,6 +58,7 @@ from ray_stream.core.types import BatchResult
 from ray_stream.errors import (
     BufferFull,
     Conflict,
+    DuplicateSequence,
     Fenced,
     InvalidRequest,
     OutOfOrderSequence,
@@ -887,6 +888,10 @@ class Producer:
             key = (batch.topic, batch.partition)
             part = self._parts[key]
             error = result if isinstance(result, BaseException) else result.error
+            if isinstance(error, DuplicateSequence):
+                # Written once, before what the metadata actor still remembers (rule 3):
+                # delivered, at an offset no longer known (-1), as Kafka's clients report.
+                error, result = None, BatchResult(-1, None, True)
             if error is None:
                 assert not isinstance(result, BaseException)
                 done.append((batch, result))
@@ -984,7 +989,8 @@ def _record_outcome(
         for i, (rec, f) in enumerate(zip(records, futures, strict=True)):
             if f is not None and not f.done():
                 ts = rec.timestamp_ms if rec.timestamp_ms is not None else now_ms
-                f.set_result(RecordMetadata(topic, partition, outcome.base_offset + i, ts))
+                offset = outcome.base_offset + i if outcome.base_offset >= 0 else -1
+                f.set_result(RecordMetadata(topic, partition, offset, ts))
 
     return done
 
@@ -1013,7 +1019,8 @@ class _TableResult:
                     self._error = self._error or outcome
                 else:
                     self._partitions[rows] = partition
-                    self._offsets[rows] = outcome.base_offset + np.arange(len(rows))
+                    base = outcome.base_offset
+                    self._offsets[rows] = base + np.arange(len(rows)) if base >= 0 else -1
                 self._waiting -= 1
                 finished = self._waiting == 0
             if finished:

@@ -58,6 +58,7 @@ from ray_stream.core.types import (
     TopicInfo,
 )
 from ray_stream.errors import (
+    DuplicateSequence,
     InternalError,
     InvalidConfig,
     InvalidPartitions,
@@ -696,6 +697,7 @@ def _next_producer_state(
     Raises:
         InvalidProducerEpoch: the epoch is older than the current one.
         OutOfOrderSequence: the base sequence does not follow the last one.
+        DuplicateSequence: a resend of a batch older than every remembered one.
     """
     epoch, seq = entry.producer_epoch, entry.base_sequence
     last_seq = (seq + entry.record_count - 1) % SEQUENCE_LIMIT
@@ -716,6 +718,13 @@ def _next_producer_state(
         if first == seq or (first < seq and last_seq <= last and first <= last):
             return state, offset + (seq - first)
     expected = (state.batches[-1][1] + 1) % SEQUENCE_LIMIT
+    if 0 < (state.batches[0][0] - seq) % SEQUENCE_LIMIT < SEQUENCE_LIMIT // 2:
+        # Behind every remembered batch: sequences are contiguous, so it was committed.
+        raise DuplicateSequence(
+            f"producer {entry.producer_id} epoch {epoch} resent sequence {seq}, committed "
+            f"before the oldest remembered ({state.batches[0][0]}) on "
+            f"{entry.topic}-{entry.partition}: written once, at an offset no longer known"
+        )
     if seq != expected:
         raise OutOfOrderSequence(
             f"producer {entry.producer_id} epoch {epoch} sent sequence {seq}, expected "

@@ -31,6 +31,7 @@ _BY_CLASS: dict[type[BaseException], ErrorCode] = {
     errors.RecordTooLarge: ErrorCode.message_too_large,
     errors.OffsetOutOfRange: ErrorCode.offset_out_of_range,
     errors.OutOfOrderSequence: ErrorCode.out_of_order_sequence_number,
+    errors.DuplicateSequence: ErrorCode.duplicate_sequence_number,
     errors.InvalidProducerEpoch: ErrorCode.invalid_producer_epoch,
     errors.InvalidConfig: ErrorCode.invalid_config,
     errors.InvalidRequest: ErrorCode.invalid_request,

@@ -201,7 +201,8 @@ def test_a_killed_agent_serves_again_on_its_own(stream):
         wait_for(lambda: writer.acked_after(restarted_at) >= 50, timeout=60)
     finally:
         writer.stop()
-    assert _call(agent, "kafka_address") == address  # same port, no manual start()
+    # Same port, no manual start() (the listener may come up after the Python API serves).
+    wait_for(lambda: _call(agent, "kafka_address") == address, timeout=60)
     bootstrap = f"{address.host}:{address.port}"  # only the restarted agent
     listed = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
     assert topic in listed.topics
