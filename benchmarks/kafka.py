@@ -10,6 +10,8 @@ pairs that run side by side (``--stores``):
 - ``s3``: both on ``s3://`` pointed at the same S3 endpoint on 127.0.0.1 (SeaweedFS,
   else a moto server),
 
+and ``ray_stream_tls`` beside them (the same ray_stream with TLS + SASL/SCRAM-SHA-512 on
+its listener; its throughput is also reported as a ratio to the plaintext run),
 measures with confluent-kafka (1 KiB records, ``acks=all``):
 
 - producer throughput (records sent as fast as the client takes them, then ``flush``);
@@ -55,7 +57,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, loopback_env, machine, update_readme, write_result
-from kafka_phases import RECORD, consume_phase, create_topics, latency_phase, produce_phase
+from kafka_phases import (
+    CLIENT_CONFIGS,
+    RECORD,
+    consume_phase,
+    create_topics,
+    latency_phase,
+    produce_phase,
+)
 from kafka_report import bars, round_cpu_text, run_label, summary_lines, table, vs_tansu
 from kafka_services import (
     CountingProxy,
@@ -137,19 +146,28 @@ def start_ray_stream(
     else:
         url = "memory://"  # per process: the one agent writes and reads its own store
     before = child_keys()
+    secure = _security(workdir / f"pki-{target.store}") if target.system == SECURE else {}
     cluster = ray_stream.start_local(
-        data_dir=str(workdir / f"rs-{target.store}"),
+        data_dir=str(workdir / f"rs-{target.system}-{target.store}"),
         object_store=url,
         agents=1,
         kafka_port=-1,
         namespace="kbench-" + uuid.uuid4().hex[:6],
         linger_ms=args.rs_linger_ms,
         commit_group_wait_ms=args.rs_commit_group_wait_ms,
+        **secure.get("settings", {}),
     )
     target.cleanups.append(cluster.shutdown)
-    # ray.init started GCS, raylet, dashboard, ... as our children; workers hang below
-    target.processes = ProcessTree(new_children(before))
+    # ray.init started GCS, raylet, dashboard, ... as our children; workers hang below.
+    # The second ray_stream system of a store (SECURE) joins the Ray the first started:
+    # its tree is that Ray's (shared GCS and raylet; the idle other cluster is in it).
+    roots = new_children(before) or _RAY_ROOTS
+    _RAY_ROOTS[:] = roots
+    target.processes = ProcessTree(list(roots))
     target.bootstrap = cluster.bootstrap_servers
+    if secure:
+        cluster.add_user(*SECURE_USER)
+        CLIENT_CONFIGS[target.bootstrap] = secure["client"]
     agent_pid = _agent_pid(cluster)
     target.result["agent_pid"] = agent_pid
     if agent_pid not in target.processes.pids():
@@ -166,6 +184,53 @@ def start_ray_stream(
     target.after_rounds = lambda: target.result.update(
         agent_stats_after_rounds=cluster.status()["agents"][0]
     )
+
+
+SECURE = "ray_stream_tls"  # ray_stream with TLS + SASL/SCRAM-SHA-512 on its listener
+_RAY_ROOTS: list[Any] = []  # the processes ray.init started for this store's ray_stream runs
+SECURE_USER = ("bench", "bench-password")
+
+
+def _security(directory: Path) -> dict[str, dict[str, Any]]:
+    """Settings for TLS + SCRAM (certificates made with ``cryptography``, as the tests
+    make theirs) and the librdkafka settings of its clients."""
+    sys.path.insert(0, str(ROOT))
+    from tests.tls_certs import make_pki
+
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = make_pki(directory)
+    return {
+        "settings": {
+            "tls_cert_pem": pki.server_cert.read_text(),
+            "tls_key_pem": pki.server_key.read_text(),
+            "sasl_mechanisms": ("SCRAM-SHA-512",),
+        },
+        "client": {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": SECURE_USER[0],
+            "sasl.password": SECURE_USER[1],
+            "ssl.ca.location": str(pki.ca),
+        },
+    }
+
+
+def _vs_plaintext(runs: list[dict]) -> None:
+    """The TLS + SCRAM run's throughput over the plaintext ray_stream run on its store."""
+    for run in runs:
+        plain = next(
+            (r for r in runs if (r["system"], r["store"]) == ("ray_stream", run["store"])), {}
+        )
+        if run["system"] != SECURE or any("produce" not in r or "error" in r for r in (run, plain)):
+            continue
+        run["vs_plaintext"] = {
+            phase: run[phase]["mib_s"] / plain[phase]["mib_s"] for phase in ("produce", "consume")
+        }
+        print(
+            f"  {run_label(run['system'], run['store'])}: {run['vs_plaintext']['produce']:.2f}x "
+            f"plaintext's produce, {run['vs_plaintext']['consume']:.2f}x its consume",
+            flush=True,
+        )
 
 
 def _agent_pid(cluster: Any) -> int:
@@ -312,7 +377,7 @@ def run_store(
     try:
         for t in targets:
             print(f"starting {t.label} ...", flush=True)
-            starter = start_ray_stream if t.system == "ray_stream" else start_tansu_target
+            starter = start_tansu_target if t.system == "tansu" else start_ray_stream
             t.step("start", lambda t=t, starter=starter: starter(t, args, workdir, s3))
             t.step(
                 "create topics",
@@ -350,11 +415,15 @@ def run_store(
                     flush=True,
                 )
     finally:
-        for t in targets:
+        # Last started, first stopped: the first ray_stream system started the Ray the
+        # second (SECURE) joined, and stopping it stops that Ray.
+        for t in reversed(targets):
             t.stop()
+        for t in targets:
             summarize(t)
             _print_summary(t)
     runs = [t.result for t in targets]
+    _vs_plaintext(runs)
     for r in runs:
         ratio = vs_tansu(runs, r)
         if ratio is not None:
@@ -394,7 +463,11 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=int, default=500, help="records/s for latency")
     parser.add_argument("--fetch-wait-ms", type=int, default=500, help="consumer fetch.wait.max.ms")
     parser.add_argument("--s3", choices=("auto", "seaweedfs", "moto"), default="auto")
-    parser.add_argument("--systems", default="ray_stream,tansu", help="comma-separated subset")
+    parser.add_argument(
+        "--systems",
+        default=f"ray_stream,{SECURE},tansu",
+        help=f"comma-separated subset ({SECURE}: ray_stream with TLS + SASL/SCRAM-SHA-512)",
+    )
     parser.add_argument(
         "--stores",
         default=",".join(STORES),

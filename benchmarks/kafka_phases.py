@@ -20,18 +20,25 @@ from common import percentile
 RECORD = 1024
 MIB = 1024**2
 STAMP = struct.Struct(">q")
+# More librdkafka settings for the clients of one bootstrap address (security.protocol,
+# sasl.*, ssl.ca.location of a TLS + SCRAM cluster); the runner registers them.
+CLIENT_CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+def _config(bootstrap: str, **settings: Any) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, **settings, **CLIENT_CONFIGS.get(bootstrap, {})}
 
 
 def _producer(bootstrap: str, linger_ms: int) -> Any:
     from confluent_kafka import Producer
 
-    return Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": linger_ms})
+    return Producer(_config(bootstrap, acks="all", **{"linger.ms": linger_ms}))
 
 
 def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(_config(bootstrap))
     futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names], request_timeout=30)
     for future in futures.values():
         future.result(timeout=60)
@@ -106,6 +113,7 @@ def _consumer(bootstrap: str, fetch_wait_ms: int) -> Any:
 
     return Consumer(
         {
+            **CLIENT_CONFIGS.get(bootstrap, {}),
             "bootstrap.servers": bootstrap,
             "group.id": "bench-" + uuid.uuid4().hex[:8],
             "enable.auto.commit": False,

@@ -15,7 +15,13 @@ from typing import Any
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 # what each system actually ran on, per --stores choice (Tansu has no local-dir engine)
-STORE_NAMES = {("ray_stream", "local"): "local dir (fsync)", ("tansu", "local"): "memory://"}
+STORE_NAMES = {
+    ("ray_stream", "local"): "local dir (fsync)",
+    ("ray_stream_tls", "local"): "local dir (fsync)",
+    ("tansu", "local"): "memory://",
+}
+# ray_stream_tls: the same ray_stream with TLS + SASL/SCRAM-SHA-512 on its listener
+SYSTEM_NAMES = {"ray_stream": "ray_stream", "ray_stream_tls": "ray_stream TLS+SCRAM"}
 PAIR_NAMES = {
     "local": "ray_stream local dir (fsync) vs Tansu memory://",
     "memory": "memory:// vs memory://",
@@ -153,7 +159,7 @@ def summary_lines(label: str, r: dict) -> list[str]:
             f"(client {client['produce']:.1f} / {client['consume']:.1f})"
         )
     if "peak_rss" in r:
-        who = "agent" if r["system"] == "ray_stream" else "broker"
+        who = "agent" if r["system"] in SYSTEM_NAMES else "broker"
         lines.append(f"{label}: {who} peak RSS {r['peak_rss']['peak_rss_mib']:.0f} MiB")
     return lines
 
@@ -183,12 +189,12 @@ def _pair(values: dict, spec: str, suffix: str = "") -> str:
 def _rss(r: dict) -> str:
     if "peak_rss" not in r:
         return "—"
-    who = "agent" if r["system"] == "ray_stream" else "broker"
+    who = "agent" if r["system"] in SYSTEM_NAMES else "broker"
     return f"{r['peak_rss']['peak_rss_mib']:.0f} ({who})"
 
 
 def _run_row(r: dict) -> str:
-    name = "ray_stream" if r["system"] == "ray_stream" else "Tansu"
+    name = SYSTEM_NAMES.get(r["system"], "Tansu")
     cells = [PAIR_NAMES.get(r["store"], r["store"]), name, store_name(r["system"], r["store"])]
     if "error" in r:
         reason = r["error"].replace("|", "/").replace("\n", " ")[:160]
@@ -370,6 +376,15 @@ def table(results: dict) -> str:
                 "",
                 f"{run_label(r['system'], r['store'])} PUTs per GiB written by key folder: "
                 f"{parts}.",
+            ]
+    for r in results["runs"]:
+        ratio = r.get("vs_plaintext")
+        if ratio and "error" not in r:
+            rows += [
+                "",
+                f"{run_label(r['system'], r['store'])}: TLS + SASL/SCRAM-SHA-512 on the "
+                f"listener gives {ratio['produce']:.2f}x the plaintext run's produce and "
+                f"{ratio['consume']:.2f}x its consume throughput (same run, same store).",
             ]
     for note in (_cpu_note, _saturation_note):
         for r in results["runs"]:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ray_stream.client.consumer import Consumer, ConsumerRecord
     from ray_stream.client.producer import Producer, RecordMetadata
     from ray_stream.config import Settings
+    from ray_stream.core.acl import AclBinding, AclFilter
     from ray_stream.core.types import TopicInfo, TopicPartition
     from ray_stream.errors import (
         BufferFull,
@@ -46,6 +47,8 @@ _HOMES = {
     "Producer": "ray_stream.client.producer",
     "RecordMetadata": "ray_stream.client.producer",
     "Settings": "ray_stream.config",
+    "AclBinding": "ray_stream.core.acl",
+    "AclFilter": "ray_stream.core.acl",
     "TopicInfo": "ray_stream.core.types",
     "TopicPartition": "ray_stream.core.types",
     **{
@@ -86,6 +89,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AclBinding",
+    "AclFilter",
     "BufferFull",
     "Cluster",
     "Conflict",

@@ -14,7 +14,14 @@ import threading
 import time
 from typing import Any
 
-from ray_stream.config import parse_group, unique_groups
+from ray_stream.config import (
+    Settings,
+    parse_group,
+    parse_principals,
+    parse_sasl_mechanisms,
+    read_pem,
+    unique_groups,
+)
 from ray_stream.errors import InvalidRequest, RayStreamError
 
 
@@ -67,6 +74,39 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
         type=int,
         help="longest consumer-group session timeout a JoinGroup may ask for (default 1800000)",
     )
+    p.add_argument(
+        "--tls-cert",
+        metavar="PATH",
+        help="PEM certificate chain: the Kafka listeners speak TLS (read here, sent to agents)",
+    )
+    p.add_argument("--tls-key", metavar="PATH", help="PEM private key of --tls-cert (unencrypted)")
+    p.add_argument(
+        "--tls-ca",
+        metavar="PATH",
+        help="PEM CA certificates: require client certificates; their CN is the principal",
+    )
+    p.add_argument(
+        "--sasl-mechanisms",
+        metavar="PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+        help="require a SASL login with one of these (users: `ray-stream users add`)",
+    )
+    p.add_argument(
+        "--allow-plaintext-sasl",
+        action="store_true",
+        default=None,
+        help="allow SASL PLAIN without TLS (passwords cross the network readable)",
+    )
+    p.add_argument(
+        "--authorizer",
+        choices=("none", "acl"),
+        help="acl: check Kafka requests against the stored ACLs, deny by default "
+        "(default none: everything allowed)",
+    )
+    p.add_argument(
+        "--super-users",
+        metavar="User:admin,User:ops",
+        help="principals that bypass the ACLs (comma-separated, Kafka's User:<name> form)",
+    )
 
 
 def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,7 +125,45 @@ def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "agents_per_node": args.agents_per_node,
         "group_min_session_timeout_ms": args.group_min_session_timeout_ms,
         "group_max_session_timeout_ms": args.group_max_session_timeout_ms,
+        **_security_kwargs(args),
+        "authorizer": args.authorizer,
+        "super_users": parse_principals(args.super_users) if args.super_users else None,
     }
+
+
+def _security_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """TLS files are read here, where the cluster is started (docs/design/0008), and
+    loaded once, so a key that does not fit its certificate fails before anything starts.
+
+    Raises:
+        InvalidConfig: a file cannot be read or does not load (the message names the flag).
+    """
+    tls = {
+        "tls_cert_pem": read_pem(args.tls_cert, flag="--tls-cert") if args.tls_cert else None,
+        "tls_key_pem": read_pem(args.tls_key, flag="--tls-key") if args.tls_key else None,
+        "tls_ca_pem": read_pem(args.tls_ca, flag="--tls-ca") if args.tls_ca else None,
+    }
+    if tls["tls_cert_pem"] and tls["tls_key_pem"]:
+        from ray_stream.server.tls import server_context
+
+        server_context(Settings().with_overrides(**tls))
+    return {
+        **tls,
+        "sasl_mechanisms": (
+            parse_sasl_mechanisms(args.sasl_mechanisms) if args.sasl_mechanisms else None
+        ),
+        "allow_plaintext_sasl": args.allow_plaintext_sasl,
+    }
+
+
+def _security_text(settings: Settings) -> str:
+    """`` security=SASL_SSL(SCRAM-SHA-256)`` for the ready line ('' when all is off)."""
+    tls = "SSL" if settings.tls_cert_pem else "PLAINTEXT"
+    if settings.sasl_mechanisms:
+        return f" security=SASL_{tls}({','.join(settings.sasl_mechanisms)})"
+    if settings.tls_ca_pem:
+        return " security=SSL(client certificates)"
+    return " security=SSL" if settings.tls_cert_pem else ""
 
 
 def _zones(text: str | None) -> tuple[str, ...] | None:
@@ -169,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
 
+    from ray_stream.acl_cli import add_parser as add_acls_parser
+
+    add_acls_parser(sub)
+
+    from ray_stream.users_cli import add_parser as add_users_parser
+
+    add_users_parser(sub)
+
     demo = sub.add_parser("demo", help="start an embedded cluster, produce, consume, report")
     _settings_args(demo)
     demo.add_argument("--records", type=int, default=20_000)
@@ -222,6 +308,14 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         print(f"group {args.group}: {len(ids)} agent(s) {ids}")
     elif args.command == "topics":
         _topics(cluster, args)
+    elif args.command == "users":
+        from ray_stream.users_cli import run as run_users
+
+        run_users(cluster, args)
+    elif args.command == "acls":
+        from ray_stream.acl_cli import run as run_acls
+
+        run_acls(cluster, args)
     elif args.command == "produce":
         _produce(cluster, args)
     elif args.command == "consume":
@@ -241,7 +335,8 @@ def _start(args: argparse.Namespace) -> int:
         print(
             f"ready kafka={cluster.bootstrap_servers or 'off'} namespace={cluster.settings.namespace} "
             f"data_dir={cluster.settings.resolved_data_dir} "
-            f"object_store={cluster.settings.resolved_object_store}",
+            f"object_store={cluster.settings.resolved_object_store}"
+            f"{_security_text(cluster.settings)}",
             flush=True,
         )
         for group in cluster.settings.group_names[1:]:

@@ -7,8 +7,8 @@ store, clock) are never stored here; actors build them from these values.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ray_stream.errors import InvalidConfig
@@ -201,6 +201,38 @@ class Settings:
             cost of more heartbeats (each one metadata-actor call) and of members
             declared dead during a GC pause or a busy moment; a higher maximum lets a
             silent member hold its partitions longer.
+
+    Authentication on the Kafka listeners (docs/design/0008-authentication.md; the
+    Python API is not checked: Ray's ports are its trust boundary):
+
+    Attributes:
+        tls_cert_pem / tls_key_pem: the listeners' certificate chain and private key
+            (PEM *contents*, read by the CLI from ``--tls-cert`` / ``--tls-key`` on the
+            machine that starts the cluster, so they reach agents on every node with
+            the Settings; no file has to exist on the nodes). Empty: plaintext. TLS
+            costs a handshake per connection and some CPU per byte on the agents;
+            nothing on the object store.
+        tls_ca_pem: CA certificates (PEM contents) client certificates must chain to;
+            set, every client must present one, and its subject's CN becomes the
+            connection's principal ``User:<CN>`` (a SASL login overrides it).
+        tls_handshake_timeout_s: a TLS handshake not finished by then is dropped (a
+            client that connects and stays silent holds a socket only this long).
+        sasl_mechanisms: SASL mechanisms a client must authenticate with before any
+            request but ApiVersions (``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``);
+            empty: no SASL. Each login costs one metadata-actor call (the credential);
+            PLAIN also costs one PBKDF2 derivation (a few ms of agent CPU).
+        allow_plaintext_sasl: let PLAIN run without TLS (the password then crosses the
+            network readable); refused by default.
+
+    Authorization (core/acl.py; the Python API is not checked: Ray's ports are its
+    trust boundary):
+
+    Attributes:
+        authorizer: ``none`` (default): every Kafka client may do everything. ``acl``:
+            Kafka requests are checked against the ACLs stored in the metadata, deny by
+            default. Agents hold the ACLs in memory and long-poll the metadata actor for
+            changes, so a check costs no call (a change reaches them in milliseconds).
+        super_users: principals (``User:<name>``) every check lets through.
     """
 
     data_dir: str = DEFAULT_DATA_DIR
@@ -235,8 +267,18 @@ class Settings:
     actor_resources: tuple[tuple[str, float], ...] = ()
     group_min_session_timeout_ms: int = 6_000
     group_max_session_timeout_ms: int = 1_800_000
+    tls_cert_pem: str = ""
+    tls_key_pem: str = field(default="", repr=False)  # a secret: never printed
+    tls_ca_pem: str = ""
+    tls_handshake_timeout_s: float = 10.0
+    sasl_mechanisms: tuple[str, ...] = ()
+    allow_plaintext_sasl: bool = False
+    authorizer: str = "none"
+    super_users: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        _check_authorization(self.authorizer, self.super_users)
+        _check_authentication(self)
         unique_groups([GroupSpec(DEFAULT_GROUP), *self.groups])
         for zone in self.zones:
             if not zone or "," in zone or "=" in zone:
@@ -328,7 +370,77 @@ class Settings:
         return replace(self, **clean)  # type: ignore[arg-type]
 
 
-_ENV_KEYS = {
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _check_authentication(settings: Settings) -> None:
+    """TLS material comes in pairs and looks like PEM; SASL mechanisms are known;
+    PLAIN needs TLS unless explicitly allowed. Raises InvalidConfig naming the flag."""
+    cert, key, ca = settings.tls_cert_pem, settings.tls_key_pem, settings.tls_ca_pem
+    if bool(cert) != bool(key):
+        raise InvalidConfig("TLS needs both --tls-cert and --tls-key (settings tls_*_pem)")
+    if ca and not cert:
+        raise InvalidConfig("--tls-ca (client certificates) needs --tls-cert and --tls-key")
+    for name, value in (("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)):
+        if value and "-----BEGIN " not in value:
+            raise InvalidConfig(f"{name}: not a PEM file (no '-----BEGIN ' line)")
+    unknown = [m for m in settings.sasl_mechanisms if m not in SASL_MECHANISMS]
+    if unknown or len(set(settings.sasl_mechanisms)) != len(settings.sasl_mechanisms):
+        raise InvalidConfig(
+            f"--sasl-mechanisms {','.join(settings.sasl_mechanisms)!r}: each once, of "
+            f"{','.join(SASL_MECHANISMS)}"
+        )
+    if "PLAIN" in settings.sasl_mechanisms and not cert and not settings.allow_plaintext_sasl:
+        raise InvalidConfig(
+            "--sasl-mechanisms PLAIN without TLS would send passwords in the clear: add "
+            "--tls-cert/--tls-key, or --allow-plaintext-sasl on a trusted network"
+        )
+    if not settings.tls_handshake_timeout_s > 0:
+        timeout = settings.tls_handshake_timeout_s
+        raise InvalidConfig(f"setting 'tls_handshake_timeout_s' has invalid value {timeout!r}")
+
+
+def parse_sasl_mechanisms(text: str) -> tuple[str, ...]:
+    """``PLAIN,SCRAM-SHA-256`` -> a tuple (validated by Settings)."""
+    return tuple(m.strip().upper() for m in text.split(",") if m.strip())
+
+
+def read_pem(path: str, *, flag: str) -> str:
+    """The contents of the PEM file ``path`` given as ``flag``.
+
+    Raises:
+        InvalidConfig: the file cannot be read (the message names the flag and path).
+    """
+    try:
+        return Path(path).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfig(f"{flag} {path}: cannot read it ({exc})") from exc
+
+
+AUTHORIZERS = ("none", "acl")
+
+
+def _check_authorization(authorizer: str, super_users: tuple[str, ...]) -> None:
+    if authorizer not in AUTHORIZERS:
+        raise InvalidConfig(
+            f"setting 'authorizer' must be one of {AUTHORIZERS}, got {authorizer!r}"
+        )
+    if isinstance(super_users, str):
+        raise InvalidConfig("setting 'super_users' must be a tuple of principals, not a string")
+    for principal in super_users:
+        name = principal.partition(":")[2] if isinstance(principal, str) else ""
+        if not name or principal.startswith(":") or "," in principal:
+            raise InvalidConfig(
+                f"setting 'super_users' has {principal!r}: use Kafka's User:<name> form"
+            )
+
+
+def parse_principals(text: str) -> tuple[str, ...]:
+    """``User:admin,User:ops`` -> ``("User:admin", "User:ops")`` (checked by Settings)."""
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+_ENV_KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "RAY_STREAM_DATA_DIR": ("data_dir", str),
     "RAY_STREAM_OBJECT_STORE": ("object_store", str),
     "RAY_STREAM_AGENTS": ("agents", int),
@@ -339,7 +451,23 @@ _ENV_KEYS = {
     "RAY_STREAM_KAFKA_ADVERTISED_HOST": ("kafka_advertised_host", str),
     "RAY_STREAM_GROUP_MIN_SESSION_TIMEOUT_MS": ("group_min_session_timeout_ms", int),
     "RAY_STREAM_GROUP_MAX_SESSION_TIMEOUT_MS": ("group_max_session_timeout_ms", int),
+    "RAY_STREAM_AUTHORIZER": ("authorizer", str),
+    "RAY_STREAM_SUPER_USERS": ("super_users", parse_principals),
+    # TLS files are read where the settings are made (this process), by path.
+    "RAY_STREAM_TLS_CERT": ("tls_cert_pem", lambda p: read_pem(p, flag="RAY_STREAM_TLS_CERT")),
+    "RAY_STREAM_TLS_KEY": ("tls_key_pem", lambda p: read_pem(p, flag="RAY_STREAM_TLS_KEY")),
+    "RAY_STREAM_TLS_CA": ("tls_ca_pem", lambda p: read_pem(p, flag="RAY_STREAM_TLS_CA")),
+    "RAY_STREAM_SASL_MECHANISMS": ("sasl_mechanisms", parse_sasl_mechanisms),
+    "RAY_STREAM_ALLOW_PLAINTEXT_SASL": ("allow_plaintext_sasl", lambda v: _flag(v)),
 }
+
+
+def _flag(value: str) -> bool:
+    """An environment flag: 1/true/yes or 0/false/no. Raises ValueError otherwise."""
+    lowered = value.strip().lower()
+    if lowered not in ("1", "true", "yes", "0", "false", "no", ""):
+        raise ValueError(value)
+    return lowered in ("1", "true", "yes")
 
 
 def settings_from_env(**overrides: object) -> Settings:

@@ -14,7 +14,10 @@ Tree::
     │   ├── DuplicateSequence   a resend of a batch written earlier than remembered
     │   ├── InvalidProducerEpoch
     │   ├── InvalidConfig
-    │   └── RoleNotServed       this agent's group does not serve produce (or consume)
+    │   ├── RoleNotServed       this agent's group does not serve produce (or consume)
+    │   ├── AuthenticationFailed  SASL: unknown user, wrong password, broken exchange
+    │   ├── SecurityDisabled    an ACL call on a cluster started without --authorizer
+    │   └── AuthorizationFailed the principal may not (Topic/Group/Cluster...Failed)
     ├── Unavailable             transient; retry (maybe elsewhere)
     │   ├── StorageUnavailable
     │   ├── Overloaded          not accepted (buffer full): safe to resend
@@ -95,6 +98,33 @@ class InvalidConfig(InvalidRequest):
 
 class RoleNotServed(InvalidRequest):
     """The agent's group is restricted to other roles: use that role's group address."""
+
+
+class AuthenticationFailed(InvalidRequest):
+    """A SASL exchange failed: unknown user, wrong password, or a malformed or replayed
+    message (Kafka's SASL_AUTHENTICATION_FAILED). The message never holds a secret."""
+
+
+class SecurityDisabled(InvalidRequest):
+    """A Kafka ACL request to a cluster whose authorizer is off (Kafka's
+    SECURITY_DISABLED): start it with ``--authorizer acl``."""
+
+
+class AuthorizationFailed(InvalidRequest):
+    """The principal is not allowed the operation (core/acl.py); the subclass names the
+    resource kind, as Kafka's error codes do."""
+
+
+class TopicAuthorizationFailed(AuthorizationFailed):
+    """Not allowed on the topic (or, for DESCRIBE, not allowed to know it exists)."""
+
+
+class GroupAuthorizationFailed(AuthorizationFailed):
+    """Not allowed on the consumer group."""
+
+
+class ClusterAuthorizationFailed(AuthorizationFailed):
+    """Not allowed on the cluster resource (ACL management, idempotent producers)."""
 
 
 class Unavailable(RayStreamError):

@@ -323,10 +323,11 @@ class HandlerHarness:
         values: dict[str, Any],
         *,
         client_id: str | None = "test-client",
+        peer: Peer | None = None,
     ) -> Any:
         body = build(request_class(api_key, version), values)
         request = Request(api_key, version, 11, client_id, body)
-        response = await self.handlers.handle(request, peer=Peer(host="/127.0.0.1"))
+        response = await self.handlers.handle(request, peer=peer or Peer(host="/127.0.0.1"))
         if response is None:
             return None
         correlation_id, decoded = decode_response(

@@ -22,6 +22,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray_stream.actors import ray_calls
 from ray_stream.clock import Clock, SystemClock
 from ray_stream.config import METADATA_ACTOR_NAME, Settings
+from ray_stream.core.acl import AclBinding, AclFilter, AclOutcome, AclSnapshot
 from ray_stream.core.backoff import Backoff
 from ray_stream.core.fleet import AgentRecord, FleetView
 from ray_stream.core.group import (
@@ -45,6 +46,7 @@ from ray_stream.core.metadata_api import (
     ProducerIdentity,
     SyncRequest,
 )
+from ray_stream.core.scram import ScramCredential, ScramUserInfo
 from ray_stream.core.types import BrokerInfo, CommittedOffset, TopicInfo, TopicPartition
 from ray_stream.errors import Fenced, Unavailable
 
@@ -187,6 +189,39 @@ class RayMetadataClient:
     async def fleet(self) -> FleetView:
         view: FleetView = await self._call("fleet")
         return view
+
+    # -------------------------------------------------------------------- acls
+    async def create_acls(self, bindings: list[AclBinding]) -> list[AclOutcome]:
+        outcomes: list[AclOutcome] = await self._call("create_acls", bindings)
+        return outcomes
+
+    async def describe_acls(self, acl_filter: AclFilter) -> list[AclBinding]:
+        found: list[AclBinding] = await self._call("describe_acls", acl_filter)
+        return found
+
+    async def delete_acls(self, filters: list[AclFilter]) -> list[AclOutcome]:
+        outcomes: list[AclOutcome] = await self._call("delete_acls", filters)
+        return outcomes
+
+    async def watch_acls(self, version: int, timeout_s: float) -> AclSnapshot:
+        # not resent here: the agent's ACL watch loop calls again with its own backoff
+        found: AclSnapshot = await self._call("watch_acls", version, timeout_s, retry_s=0.0)
+        return found
+
+    # ------------------------------------------------------------ credentials
+    async def alter_scram_credentials(
+        self, upserts: list[ScramCredential], deletions: list[tuple[str, str]]
+    ) -> None:
+        # resending is safe: upserting the same credential again changes nothing
+        await self._call("alter_scram_credentials", upserts, deletions)
+
+    async def scram_credential(self, user: str, mechanism: str) -> ScramCredential | None:
+        found: ScramCredential | None = await self._call("scram_credential", user, mechanism)
+        return found
+
+    async def describe_scram_credentials(self, users: list[str] | None) -> list[ScramUserInfo]:
+        found: list[ScramUserInfo] = await self._call("describe_scram_credentials", users)
+        return found
 
     # --------------------------------------------------------------- internals
     async def _call(self, method: str, *args: Any, retry_s: float | None = None) -> Any:

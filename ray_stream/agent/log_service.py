@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ray_stream.agent.acl_cache import AclCache
 from ray_stream.agent.call_order import CallOrder
 from ray_stream.agent.chunk_cache import Chunk, ChunkCache
 from ray_stream.agent.locations import Hit, LocationCache
@@ -171,6 +172,7 @@ class LogService:
             meter=self._meter,
         )
         self._order = CallOrder(clock)
+        self.acls = AclCache(metadata, settings=settings, rand=self._rand)
         self._watcher: asyncio.Task[None] | None = None
         self._current_commits: set[str] = set()  # committed under the known catalog
         self._closed = False
@@ -190,6 +192,7 @@ class LogService:
         if port:
             self.address = BrokerInfo(node_id=self.node_id, host=host, port=port, rack=zone)
         await self.membership.join(host, port)
+        await self.acls.authorizer()  # load the ACLs (when on) before clients need them
 
     async def brokers(self, zone: str | None = None) -> list[BrokerInfo]:
         """The agents a Kafka client of ``zone`` (None: none named) may talk to: the
@@ -281,6 +284,7 @@ class LogService:
         await self.drain()
         self._closed = True
         await self.membership.close()
+        await self.acls.close()
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.cancel()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,8 +40,15 @@ from ray_stream.config import (
     settings_from_env,
     unique_groups,
 )
+from ray_stream.core.acl import AclBinding, AclFilter, check_binding, check_filter
 from ray_stream.core.backoff import Backoff
 from ray_stream.core.fleet import AgentRecord, FleetView
+from ray_stream.core.scram import (
+    DEFAULT_ITERATIONS,
+    MECHANISMS,
+    ScramUserInfo,
+    credential_from_password,
+)
 from ray_stream.core.types import BrokerInfo, TopicInfo
 from ray_stream.errors import InvalidPartitions, InvalidRequest, Unavailable
 
@@ -132,6 +140,84 @@ class Cluster:
 
     def create_partitions(self, name: str, total: int) -> TopicInfo:
         return self._ask(lambda m: m.create_partitions.remote(name, total))
+
+    # -------------------------------------------------------------------- acls
+    # Not checked against the ACLs themselves: Ray's ports are the Python API's trust
+    # boundary (README, "Securing it").
+
+    def create_acls(self, bindings: list[AclBinding]) -> list[AclBinding]:
+        """Store ACL bindings (existing ones are no-ops), all or none.
+
+        Returns:
+            The bindings as stored.
+
+        Raises:
+            InvalidRequest: a binding is malformed (the message names the field);
+                nothing was stored.
+        """
+        checked = [check_binding(b) for b in bindings]
+        outcomes = self._ask(lambda m: m.create_acls.remote(checked), resend=True)
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+        return checked
+
+    def describe_acls(self, acl_filter: AclFilter | None = None) -> list[AclBinding]:
+        """The bindings ``acl_filter`` matches (default: every one)."""
+        wanted = acl_filter if acl_filter is not None else AclFilter()
+        return self._ask(lambda m: m.describe_acls.remote(wanted), resend=True)
+
+    def delete_acls(self, filters: list[AclFilter]) -> list[AclBinding]:
+        """Delete every binding any of ``filters`` matches; returns those deleted.
+
+        Raises:
+            InvalidRequest: a filter has an UNKNOWN code (nothing was deleted).
+        """
+        for acl_filter in filters:
+            check_filter(acl_filter)
+        outcomes = self._ask(lambda m: m.delete_acls.remote(list(filters)), resend=True)
+        deleted = dict.fromkeys(b for o in outcomes for b in o.bindings)
+        return list(deleted)
+
+    # ------------------------------------------------------------------- users
+    # SASL users of the Kafka listeners (core/scram.py). The password never leaves this
+    # process: only salts and derived keys reach the metadata actor.
+
+    def add_user(self, name: str, password: str, *, iterations: int = DEFAULT_ITERATIONS) -> None:
+        """Create ``name``, or replace its password: SCRAM-SHA-256 and SCRAM-SHA-512
+        credentials (each with its own random salt), which PLAIN logins check too.
+
+        Raises:
+            InvalidRequest: an empty or unprintable name, an empty password, or
+                iterations outside [4096, 16384].
+        """
+        if not name or not name.isprintable():
+            raise InvalidRequest(f"user name {name!r} must be non-empty and printable")
+        if not password:
+            raise InvalidRequest(f"the password of user {name!r} is empty")
+        credentials = [
+            credential_from_password(
+                name, mechanism, password, salt=secrets.token_bytes(16), iterations=iterations
+            )
+            for mechanism in MECHANISMS
+        ]
+        self._ask(lambda m: m.alter_scram_credentials.remote(credentials, []), resend=True)
+
+    def list_users(self) -> list[ScramUserInfo]:
+        """Every stored credential: user, mechanism and iterations (never a secret)."""
+        return self._ask(lambda m: m.describe_scram_credentials.remote(None), resend=True)
+
+    def delete_user(self, name: str) -> None:
+        """Forget every credential of ``name`` (its open connections stay logged in).
+
+        Raises:
+            InvalidRequest: no such user.
+        """
+        found = self._ask(lambda m: m.describe_scram_credentials.remote([name]), resend=True)
+        if not found:
+            raise InvalidRequest(f"no user {name!r}")
+        doomed = [(name, info.mechanism) for info in found]
+        self._ask(lambda m: m.alter_scram_credentials.remote([], doomed), resend=True)
 
     # ------------------------------------------------------------- clients
 

@@ -19,10 +19,13 @@ Never: touch the object store, clocks or randomness (callers pass ids and times 
 
 from __future__ import annotations
 
+import base64
 import json
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
+from ray_stream.core.acl import AclBinding
+from ray_stream.core.scram import ScramCredential
 from ray_stream.core.sequencer import (
     BatchRow,
     Changes,
@@ -160,6 +163,14 @@ def changes_to_json(changes: Changes) -> dict[str, Any]:
         ]
     if changes.next_producer_id is not None:
         out["next_producer_id"] = changes.next_producer_id
+    if changes.deleted_acls:
+        out["deleted_acls"] = [list(astuple(b)) for b in changes.deleted_acls]
+    if changes.acls:
+        out["acls"] = [list(astuple(b)) for b in changes.acls]
+    if changes.deleted_scram:
+        out["deleted_scram"] = [list(key) for key in changes.deleted_scram]
+    if changes.scram:
+        out["scram"] = [_scram_json(c) for c in changes.scram]
     return out
 
 
@@ -197,6 +208,10 @@ def changes_from_json(obj: dict[str, Any]) -> Changes:
                 for g, t, p, o, md, le in obj.get("group_offsets", [])
             ),
             next_producer_id=None if next_pid is None else _int(next_pid),
+            deleted_acls=tuple(_acl(row) for row in obj.get("deleted_acls", [])),
+            acls=tuple(_acl(row) for row in obj.get("acls", [])),
+            deleted_scram=tuple((str(u), str(m)) for u, m in obj.get("deleted_scram", [])),
+            scram=tuple(_scram(row) for row in obj.get("scram", [])),
         )
     except IndexError as exc:
         raise ValueError(f"changes name segment index out of range: {exc}") from exc
@@ -210,6 +225,31 @@ def _batch(segments: list[str], row: list[Any]) -> BatchRow:
     t, p, seg, pos, length, base, count, max_ts = row
     ref = BatchRef(segments[seg], _int(pos), _int(length), _int(base), _int(count), _int(max_ts))
     return BatchRow(str(t), _int(p), ref)
+
+
+def _scram_json(c: ScramCredential) -> list[Any]:
+    """Salt and keys in base64; never a password (core/scram.py stores none)."""
+    b64 = [base64.b64encode(v).decode() for v in (c.salt, c.stored_key, c.server_key)]
+    return [c.user, c.mechanism, c.iterations, *b64]
+
+
+def _scram(row: list[Any]) -> ScramCredential:
+    user, mechanism, iterations, salt, stored, server = row
+    keys = [base64.b64decode(str(v), validate=True) for v in (salt, stored, server)]
+    return ScramCredential(str(user), str(mechanism), keys[0], _int(iterations), keys[1], keys[2])
+
+
+def _acl(row: list[Any]) -> AclBinding:
+    rtype, name, pattern, principal, host, operation, permission = row
+    return AclBinding(
+        _int(rtype),
+        str(name),
+        _int(pattern),
+        str(principal),
+        str(host),
+        _int(operation),
+        _int(permission),
+    )
 
 
 def _producer(row: list[Any]) -> ProducerRow:

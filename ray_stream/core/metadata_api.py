@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ray_stream.config import Settings
+from ray_stream.core.acl import AclBinding, AclFilter, AclOutcome, AclSnapshot
 from ray_stream.core.fleet import AgentRecord, FleetView
 from ray_stream.core.group import (
     GroupDeletion,
@@ -41,6 +42,7 @@ from ray_stream.core.group import (
     MemberLeave,
     SyncResult,
 )
+from ray_stream.core.scram import ScramCredential, ScramUserInfo
 from ray_stream.core.types import (
     BatchEntry,
     BatchRef,
@@ -54,9 +56,11 @@ from ray_stream.core.types import (
 from ray_stream.errors import InternalError, RayStreamError
 
 __all__ = [
+    "Acls",
     "BatchColumns",
     "CommitAnswer",
     "CommitRequest",
+    "Credentials",
     "GroupDeletion",
     "GroupListing",
     "Groups",
@@ -511,5 +515,49 @@ class Registry(Protocol):
     async def fleet(self) -> FleetView: ...
 
 
-class MetadataClient(Sequencing, Topics, Groups, Registry, Protocol):
+class Acls(Protocol):
+    """Authorization data (core/acl.py); agents enforce it from their own copy."""
+
+    async def create_acls(self, bindings: list[AclBinding]) -> list[AclOutcome]:
+        """Store bindings; per binding, it or InvalidRequest. Raises StorageUnavailable."""
+        ...
+
+    async def describe_acls(self, acl_filter: AclFilter) -> list[AclBinding]:
+        """Raises InvalidRequest (an UNKNOWN code in the filter)."""
+        ...
+
+    async def delete_acls(self, filters: list[AclFilter]) -> list[AclOutcome]:
+        """Per filter, the bindings it deleted (or InvalidRequest)."""
+        ...
+
+    async def watch_acls(self, version: int, timeout_s: float) -> AclSnapshot:
+        """Every binding once the ACL version differs from ``version``, else after
+        ``timeout_s`` the version alone."""
+        ...
+
+
+class Credentials(Protocol):
+    """SCRAM credentials (core/scram.py): stored salted and hashed, journaled like the
+    rest of the metadata; agents look one up per SASL login."""
+
+    async def alter_scram_credentials(
+        self, upserts: list[ScramCredential], deletions: list[tuple[str, str]]
+    ) -> None:
+        """Store ``upserts`` and forget ``(user, mechanism)`` pairs, in one write.
+
+        Raises:
+            InvalidRequest, StorageUnavailable, Fenced.
+        """
+        ...
+
+    async def scram_credential(self, user: str, mechanism: str) -> ScramCredential | None:
+        """The credential of ``user`` for ``mechanism``, or None."""
+        ...
+
+    async def describe_scram_credentials(self, users: list[str] | None) -> list[ScramUserInfo]:
+        """User, mechanism and iterations of every credential (of ``users`` if given)."""
+        ...
+
+
+class MetadataClient(Sequencing, Topics, Groups, Registry, Acls, Credentials, Protocol):
     """Everything the metadata service answers."""

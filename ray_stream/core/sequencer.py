@@ -41,6 +41,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from ray_stream.core.acl import AclBinding, AclFilter
 from ray_stream.core.metadata_api import (
     CommitRequest,
     LocateAnswer,
@@ -48,6 +49,7 @@ from ray_stream.core.metadata_api import (
     RefColumns,
     SegmentResult,
 )
+from ray_stream.core.scram import ScramCredential
 from ray_stream.core.topic_name import collision_key, validate_topic_name
 from ray_stream.core.types import (
     BatchEntry,
@@ -164,6 +166,12 @@ class Changes:
     transactional: tuple[TransactionalRow, ...] = ()
     group_offsets: tuple[GroupOffsetRow, ...] = ()
     next_producer_id: int | None = None
+    # ACLs (core/acl.py): deletions, then additions; both exact bindings.
+    deleted_acls: tuple[AclBinding, ...] = ()
+    acls: tuple[AclBinding, ...] = ()
+    # SCRAM credentials (core/scram.py): (user, mechanism) deletions, then upserts.
+    deleted_scram: tuple[tuple[str, str], ...] = ()
+    scram: tuple[ScramCredential, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -207,8 +215,22 @@ class Sequencer:
         self._next_producer_id = 0
         self._groups: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
         self._segments: dict[str, int] = {}  # segment key -> number of batch refs
+        self._acls: dict[AclBinding, None] = {}  # insertion-ordered set
+        self._scram: dict[tuple[str, str], ScramCredential] = {}  # by (user, mechanism)
 
     # ----------------------------------------------------------------- reads
+    def scram_credential(self, user: str, mechanism: str) -> ScramCredential | None:
+        """The stored SCRAM credential of ``user`` for ``mechanism``, if any."""
+        return self._scram.get((user, mechanism))
+
+    def scram_credentials(self) -> list[ScramCredential]:
+        """Every stored SCRAM credential, sorted by user then mechanism."""
+        return [self._scram[key] for key in sorted(self._scram)]
+
+    def acls(self) -> list[AclBinding]:
+        """Every ACL binding, in the order they were created."""
+        return list(self._acls)
+
     @property
     def next_producer_id(self) -> int:
         return self._next_producer_id
@@ -460,6 +482,30 @@ class Sequencer:
         """Forget every committed offset of ``group`` (no-op when it has none)."""
         return Changes(deleted_groups=(group,)) if group in self._groups else _NO_CHANGES
 
+    def plan_alter_scram(
+        self, upserts: Sequence[ScramCredential], deletions: Sequence[tuple[str, str]]
+    ) -> Changes:
+        """Store credentials (already derived and checked by core/scram.py) and forget
+        ``(user, mechanism)`` pairs; deleting one that does not exist is a no-op."""
+        doomed = tuple(key for key in dict.fromkeys(deletions) if key in self._scram)
+        if not upserts and not doomed:
+            return _NO_CHANGES
+        return Changes(deleted_scram=doomed, scram=tuple(upserts))
+
+    def plan_create_acls(self, bindings: Sequence[AclBinding]) -> Changes:
+        """Add bindings (already checked by ``acl.check_binding``); ones that exist are
+        no-ops, as in Kafka."""
+        fresh = dict.fromkeys(b for b in bindings if b not in self._acls)
+        return Changes(acls=tuple(fresh)) if fresh else _NO_CHANGES
+
+    def plan_delete_acls(
+        self, filters: Sequence[AclFilter]
+    ) -> tuple[list[list[AclBinding]], Changes]:
+        """The bindings each filter matches (``AclFilter.matches``), all deleted."""
+        matched = [[b for b in self._acls if f.matches(b)] for f in filters]
+        doomed = dict.fromkeys(b for found in matched for b in found)
+        return matched, (Changes(deleted_acls=tuple(doomed)) if doomed else _NO_CHANGES)
+
     def plan_init_producer_id(
         self, transactional_id: str | None = None
     ) -> tuple[tuple[int, int], Changes]:
@@ -505,6 +551,13 @@ class Sequencer:
             self._groups.setdefault(grow.group, {})[(grow.topic, grow.partition)] = grow.offset
         if changes.next_producer_id is not None:
             self._next_producer_id = changes.next_producer_id
+        for binding in changes.deleted_acls:
+            self._acls.pop(binding, None)
+        self._acls.update(dict.fromkeys(changes.acls))
+        for key in changes.deleted_scram:
+            self._scram.pop(key, None)
+        for credential in changes.scram:
+            self._scram[(credential.user, credential.mechanism)] = credential
 
     def apply_commits(
         self, requests: Sequence[CommitRequest]
@@ -682,6 +735,10 @@ def merge_changes(parts: Sequence[Changes]) -> Changes:
         transactional=tuple(r for p in parts for r in p.transactional),
         group_offsets=tuple(r for p in parts for r in p.group_offsets),
         next_producer_id=next_pid[-1] if next_pid else None,
+        deleted_acls=tuple(r for p in parts for r in p.deleted_acls),
+        acls=tuple(r for p in parts for r in p.acls),
+        deleted_scram=tuple(r for p in parts for r in p.deleted_scram),
+        scram=tuple(r for p in parts for r in p.scram),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from ray_stream.config import Settings
+from ray_stream.core.acl import Operation
 from ray_stream.core.fleet import client_zone
 from ray_stream.core.topic_name import validate_topic_name
 from ray_stream.core.types import TopicInfo
@@ -25,6 +26,7 @@ from ray_stream.errors import (
     TopicAlreadyExists,
     UnknownTopicOrPartition,
 )
+from ray_stream.kafka.authorization import Access, access_for
 from ray_stream.kafka.context import (
     NO_AUTHORIZED_OPERATIONS,
     Handler,
@@ -102,6 +104,7 @@ class AdminHandlers:
 
     async def _create_topics(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
+        access = await access_for(self._backend, peer)
         names = [t.name for t in body.topics]
         results = []
         for topic in body.topics:
@@ -113,6 +116,8 @@ class AdminHandlers:
             try:
                 if names.count(topic.name) > 1:
                     raise InvalidRequest(f"topic {topic.name!r} appears more than once")
+                if not access.may_create_topic(topic.name):
+                    raise access.topic_denied(topic.name, "create")
                 if body.validate_only:
                     await self._check_absent(topic.name)
                 else:
@@ -121,6 +126,8 @@ class AdminHandlers:
             except Exception as exc:
                 failure = note_unexpected(exc, "create_topic")
             ok = failure is None
+            # Kafka returns the configs only to who may DESCRIBE_CONFIGS the topic
+            shown = ok and access.topic(Operation.DESCRIBE_CONFIGS, topic.name)
             results.append(
                 {
                     "name": topic.name,
@@ -129,7 +136,10 @@ class AdminHandlers:
                     "error_message": error_message(failure),
                     "num_partitions": count if ok else -1,
                     "replication_factor": 1 if ok else -1,
-                    "configs": _config_entries(config, self._settings) if ok else None,
+                    "configs": _config_entries(config, self._settings) if shown else None,
+                    "topic_config_error_code": ErrorCode.none
+                    if shown or not ok
+                    else ErrorCode.topic_authorization_failed,
                 }
             )
         return {"topics": results}
@@ -144,6 +154,7 @@ class AdminHandlers:
 
     async def _delete_topics(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
+        access = await access_for(self._backend, peer)
         if request.api_version >= 6:
             wanted = [(t.name, t.topic_id) for t in body.topics]
         else:
@@ -154,8 +165,10 @@ class AdminHandlers:
             resolved = await self._names.name_for_id(topic_id) if by_id else name
             failure: Exception | None = None
             try:
-                if resolved is None:
+                if resolved is None or (by_id and not access.topic(Operation.DESCRIBE, resolved)):
                     raise UnknownTopicOrPartition(f"unknown topic id {topic_id}")
+                if not access.topic(Operation.DELETE, resolved):
+                    raise access.topic_denied(resolved, "delete")
                 info = await self._meta.describe_topic(resolved)
                 await self._meta.delete_topic(resolved)
                 self._names.forget(info.topic_id)
@@ -177,10 +190,13 @@ class AdminHandlers:
 
     async def _create_partitions(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
+        access = await access_for(self._backend, peer)
         results = []
         for topic in body.topics:
             failure: Exception | None = None
             try:
+                if not access.topic(Operation.ALTER, topic.name):
+                    raise access.topic_denied(topic.name, "alter")
                 if body.validate_only:
                     info = await self._meta.describe_topic(topic.name)
                     if topic.count <= info.partitions:
@@ -202,12 +218,14 @@ class AdminHandlers:
         return {"results": results}
 
     async def _describe_configs(self, request: Request, peer: Peer) -> dict[str, Any]:
+        access = await access_for(self._backend, peer)
         results = []
         for resource in request.body.resources:
             keys = resource.configuration_keys or None  # Kafka: null or empty = all
             entries: list[dict[str, Any]] = []
             failure: Exception | None = None
             try:
+                _check_describe_configs(access, resource.resource_type, resource.resource_name)
                 configs = await self._configs(resource.resource_type, resource.resource_name)
                 entries = [e for e in configs if keys is None or e["name"] in keys]
             except Exception as exc:
@@ -236,6 +254,10 @@ class AdminHandlers:
 
     async def _describe_cluster(self, request: Request, peer: Peer) -> dict[str, Any]:
         backend = self._backend
+        access = await access_for(backend, peer)
+        cluster_ops = NO_AUTHORIZED_OPERATIONS
+        if getattr(request.body, "include_cluster_authorized_operations", False):
+            cluster_ops = access.cluster_operations()
         zone = client_zone(request.client_id)
         brokers = sorted(await backend.brokers(zone), key=lambda b: b.node_id)
         return {
@@ -249,8 +271,16 @@ class AdminHandlers:
                 {"broker_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}
                 for b in brokers
             ],
-            "cluster_authorized_operations": NO_AUTHORIZED_OPERATIONS,
+            "cluster_authorized_operations": cluster_ops,
         }
+
+
+def _check_describe_configs(access: Access, resource_type: int, name: str) -> None:
+    """Kafka: DESCRIBE_CONFIGS on the topic, or on the cluster for a broker."""
+    if resource_type == RESOURCE_TOPIC and not access.topic(Operation.DESCRIBE_CONFIGS, name):
+        raise access.topic_denied(name, "describe the configs of")
+    if resource_type == RESOURCE_BROKER and not access.cluster(Operation.DESCRIBE_CONFIGS):
+        raise access.cluster_denied("describe broker configs (DescribeConfigs)")
 
 
 def _config_entry(name: str, value: str | None, source: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ray_stream.config import Settings
+from ray_stream.core.acl import Authorizer
 from ray_stream.core.fleet import AgentRecord
 from ray_stream.core.metadata_api import MetadataClient
 from ray_stream.core.types import BatchResult, BrokerInfo, FetchResult, TopicInfo
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANONYMOUS",
     "NO_AUTHORIZED_OPERATIONS",
+    "AclSource",
     "Handler",
     "KafkaBackend",
     "Peer",
@@ -52,6 +54,18 @@ class Peer:
     principal: str = ANONYMOUS
 
 
+class AclSource(Protocol):
+    """The agent's copy of the ACLs (``agent/acl_cache.py``): no metadata call per check."""
+
+    async def authorizer(self) -> Authorizer:
+        """The current ACLs (allow-all when authorization is off)."""
+        ...
+
+    async def refresh(self) -> None:
+        """Reload now if they changed (after an ACL request through this agent)."""
+        ...
+
+
 class KafkaBackend(Protocol):
     """What the handlers need from an agent (``agent/log_service.py``'s ``LogService``).
 
@@ -61,13 +75,16 @@ class KafkaBackend(Protocol):
     validates every batch (size, CRC), so the handlers never do. ``brokers(zone)`` lists
     the agents a client of that zone should see (core/fleet.py rule 1), and must include
     this agent (``node_id``) once its listener is up unless the zone has agents of its
-    own. ``record`` says which roles this agent serves.
+    own. ``record`` says which roles this agent serves. ``acls`` answers who may do what.
     """
 
     node_id: int
     settings: Settings
     meta: MetadataClient
     address: BrokerInfo | None  # this agent's listener, once it is up
+
+    @property
+    def acls(self) -> AclSource: ...
 
     @property
     def record(self) -> AgentRecord: ...

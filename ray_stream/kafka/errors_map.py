@@ -37,6 +37,14 @@ _BY_CLASS: dict[type[BaseException], ErrorCode] = {
     errors.InvalidRequest: ErrorCode.invalid_request,
     # An agent group restricted to other roles (produce, consume): not retriable there.
     errors.RoleNotServed: ErrorCode.policy_violation,
+    # SASL: wrong credentials or a broken exchange; the connection is closed after it.
+    errors.AuthenticationFailed: ErrorCode.sasl_authentication_failed,
+    # Authorization (core/acl.py): the codes every Kafka client turns into its own
+    # *AuthorizationException and does not retry.
+    errors.TopicAuthorizationFailed: ErrorCode.topic_authorization_failed,
+    errors.GroupAuthorizationFailed: ErrorCode.group_authorization_failed,
+    errors.ClusterAuthorizationFailed: ErrorCode.cluster_authorization_failed,
+    errors.SecurityDisabled: ErrorCode.security_disabled,
     # Retriable: the object store failed or a segment vanished under a racing
     # compaction; KAFKA_STORAGE_ERROR makes clients refresh metadata and retry.
     errors.StorageUnavailable: ErrorCode.kafka_storage_error,

@@ -18,7 +18,9 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from ray_stream.core.acl import Operation
 from ray_stream.core.fleet import client_zone
+from ray_stream.core.group import GroupDescription
 from ray_stream.core.metadata_api import (
     HeartbeatRequest,
     JoinRequest,
@@ -27,7 +29,8 @@ from ray_stream.core.metadata_api import (
     SyncRequest,
 )
 from ray_stream.core.types import CommittedOffset, TopicPartition
-from ray_stream.errors import GroupError, Unavailable
+from ray_stream.errors import GroupAuthorizationFailed, GroupError, Unavailable
+from ray_stream.kafka.authorization import Access, access_for
 from ray_stream.kafka.context import (
     NO_AUTHORIZED_OPERATIONS,
     Handler,
@@ -92,12 +95,29 @@ class GroupHandlers:
         if code == ErrorCode.none and me is not None:
             entry = {"node_id": me.node_id, "host": me.host, "port": me.port}
         entry.update(error_code=code, error_message=message)
+        access = await access_for(self._backend, peer)
         if request.api_version >= 4:
-            return {"coordinators": [{"key": key, **entry} for key in body.coordinator_keys]}
-        return entry
+            return {
+                "coordinators": [
+                    {"key": key, **_coordinator(access, key, key_type, entry)}
+                    for key in body.coordinator_keys
+                ]
+            }
+        return _coordinator(access, body.key, key_type, entry)
 
     async def _join_group(self, request: Request, peer: Peer) -> dict[str, Any]:
         body, version = request.body, request.api_version
+        denied = await self._group_denied(peer, body.group_id, "join")
+        if denied is not None:
+            return {
+                "error_code": denied,
+                "generation_id": -1,
+                "protocol_type": None,
+                "protocol_name": None,
+                "leader": "",
+                "member_id": body.member_id,
+                "members": [],
+            }
         session_ms = _ms(body.session_timeout)
         join = JoinRequest(
             group_id=body.group_id,
@@ -137,6 +157,9 @@ class GroupHandlers:
 
     async def _sync_group(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
+        denied = await self._group_denied(peer, body.group_id, "sync")
+        if denied is not None:
+            return {"error_code": denied, "assignment": b""}
         sync = SyncRequest(
             group_id=body.group_id,
             generation_id=body.generation_id,
@@ -159,6 +182,9 @@ class GroupHandlers:
 
     async def _heartbeat(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
+        denied = await self._group_denied(peer, body.group_id, "heartbeat in")
+        if denied is not None:
+            return {"error_code": denied}
         beat = HeartbeatRequest(
             body.group_id,
             body.generation_id,
@@ -173,6 +199,9 @@ class GroupHandlers:
 
     async def _leave_group(self, request: Request, peer: Peer) -> dict[str, Any]:
         body, version = request.body, request.api_version
+        denied = await self._group_denied(peer, body.group_id, "leave")
+        if denied is not None:
+            return {"error_code": denied, "members": []}
         if version >= 3:
             members = tuple((m.member_id, m.group_instance_id) for m in body.members)
         else:
@@ -198,9 +227,19 @@ class GroupHandlers:
 
     async def _offset_commit(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
+        access = await access_for(self._backend, peer)
         offsets: dict[TopicPartition, CommittedOffset] = {}
         too_large: set[tuple[str, int]] = set()
+        refused: dict[str, ErrorCode] = {}  # topic -> why none of its offsets was stored
+        group_allowed = access.group(Operation.READ, body.group_id)
+        if not group_allowed:
+            denied = error_code(access.group_denied(body.group_id, "commit offsets of"))
+            refused = {t.name: denied for t in body.topics}
         for topic in body.topics:
+            if topic.name not in refused and not access.topic(Operation.READ, topic.name):
+                refused[topic.name] = error_code(access.topic_denied(topic.name, "read"))
+            if topic.name in refused:
+                continue
             for part in topic.partitions:
                 metadata = part.committed_metadata or ""
                 key = (topic.name, part.partition_index)
@@ -218,7 +257,8 @@ class GroupHandlers:
             member_id=getattr(body, "member_id", ""),
         )
         try:
-            await self._meta.commit_offsets(commit)
+            if group_allowed and (offsets or not refused):
+                await self._meta.commit_offsets(commit)
             code = ErrorCode.none
         except Exception as exc:
             code = _service_error(exc, "offset_commit")
@@ -229,9 +269,12 @@ class GroupHandlers:
                     "partitions": [
                         {
                             "partition_index": p.partition_index,
-                            "error_code": ErrorCode.offset_metadata_too_large
-                            if (topic.name, p.partition_index) in too_large
-                            else code,
+                            "error_code": refused.get(topic.name)
+                            or (
+                                ErrorCode.offset_metadata_too_large
+                                if (topic.name, p.partition_index) in too_large
+                                else code
+                            ),
                         }
                         for p in topic.partitions
                     ],
@@ -242,13 +285,17 @@ class GroupHandlers:
 
     async def _offset_fetch(self, request: Request, peer: Peer) -> dict[str, Any]:
         body = request.body
+        access = await access_for(self._backend, peer)
         if request.api_version >= 8:
-            groups = [await self._group_offsets(g.group_id, g.topics) for g in body.groups]
+            groups = [await self._group_offsets(access, g.group_id, g.topics) for g in body.groups]
             return {"groups": groups}
-        answer = await self._group_offsets(body.group_id, body.topics)
+        answer = await self._group_offsets(access, body.group_id, body.topics)
         return {"topics": answer["topics"], "error_code": answer["error_code"]}
 
-    async def _group_offsets(self, group_id: str, topics: Any) -> dict[str, Any]:
+    async def _group_offsets(self, access: Access, group_id: str, topics: Any) -> dict[str, Any]:
+        if not access.group(Operation.DESCRIBE, group_id):
+            denied = error_code(access.group_denied(group_id, "fetch offsets of"))
+            return {"group_id": group_id, "topics": [], "error_code": denied}
         wanted = (
             None
             if topics is None
@@ -264,7 +311,14 @@ class GroupHandlers:
             }
         keys = wanted if wanted is not None else sorted(committed)
         by_topic: dict[str, list[dict[str, Any]]] = {}
+        describable: dict[str, bool] = {}
         for tp in keys:
+            if tp.topic not in describable:
+                describable[tp.topic] = access.topic(Operation.DESCRIBE, tp.topic)
+            if not describable[tp.topic]:
+                if wanted is not None:  # named: refused; listing all: left out (Kafka)
+                    by_topic.setdefault(tp.topic, []).append(_offset_denied(access, tp))
+                continue
             found = committed.get(tp)
             by_topic.setdefault(tp.topic, []).append(
                 {
@@ -291,6 +345,9 @@ class GroupHandlers:
             groups = await self._meta.list_groups(states)
         except Exception as exc:
             return {"error_code": _service_error(exc, "list_groups"), "groups": []}
+        access = await access_for(self._backend, peer)
+        if not access.cluster(Operation.DESCRIBE):  # Kafka: else only describable groups
+            groups = [g for g in groups if access.group(Operation.DESCRIBE, g.group_id)]
         return {
             "error_code": 0,
             "groups": [
@@ -305,50 +362,46 @@ class GroupHandlers:
         }
 
     async def _describe_groups(self, request: Request, peer: Peer) -> dict[str, Any]:
+        access = await access_for(self._backend, peer)
         group_ids = list(request.body.groups)
+        allowed = [g for g in group_ids if access.group(Operation.DESCRIBE, g)]
         try:
-            descriptions = await self._meta.describe_groups(group_ids)
+            descriptions = await self._meta.describe_groups(allowed) if allowed else []
         except Exception as exc:
             code = _service_error(exc, "describe_groups")
             return {"groups": [_dead_group(g, code) for g in group_ids]}
+        with_ops = getattr(request.body, "include_authorized_operations", False)
+        described = {d.group_id: d for d in descriptions}
+        denied = error_code(GroupAuthorizationFailed("not authorized to describe the group"))
         return {
             "groups": [
-                {
-                    "error_code": error_code(d.error),
-                    "error_message": None,
-                    "group_id": d.group_id,
-                    "group_state": d.state,
-                    "protocol_type": d.protocol_type,
-                    "protocol_data": d.protocol,
-                    "members": [
-                        {
-                            "member_id": m.member_id,
-                            "group_instance_id": m.group_instance_id,
-                            "client_id": m.client_id,
-                            "client_host": m.client_host,
-                            "member_metadata": m.metadata,
-                            "member_assignment": m.assignment,
-                        }
-                        for m in d.members
-                    ],
-                    "authorized_operations": NO_AUTHORIZED_OPERATIONS,
-                }
-                for d in descriptions
+                _group_description(described[g], access, with_ops)
+                if g in described
+                else _dead_group(g, denied)
+                for g in group_ids
             ]
         }
 
     async def _delete_groups(self, request: Request, peer: Peer) -> dict[str, Any]:
+        access = await access_for(self._backend, peer)
         group_ids = list(request.body.groups_names)
+        allowed = [g for g in group_ids if access.group(Operation.DELETE, g)]
         try:
-            outcomes = await self._meta.delete_groups(group_ids)
+            outcomes = await self._meta.delete_groups(allowed) if allowed else []
         except Exception as exc:
             code = _service_error(exc, "delete_groups")
             return {"results": [{"group_id": g, "error_code": code} for g in group_ids]}
-        return {
-            "results": [
-                {"group_id": o.group_id, "error_code": error_code(o.error)} for o in outcomes
-            ]
-        }
+        codes = {o.group_id: error_code(o.error) for o in outcomes}
+        denied = error_code(GroupAuthorizationFailed("not authorized to delete the group"))
+        return {"results": [{"group_id": g, "error_code": codes.get(g, denied)} for g in group_ids]}
+
+    async def _group_denied(self, peer: Peer, group_id: str, what: str) -> ErrorCode | None:
+        """GROUP_AUTHORIZATION_FAILED unless the peer may READ the group (Kafka's check
+        for the membership APIs)."""
+        access = await access_for(self._backend, peer)
+        if access.group(Operation.READ, group_id):
+            return None
+        return error_code(access.group_denied(group_id, what))
 
 
 def _ms(value: Any, default: int = 0) -> int:
@@ -356,6 +409,56 @@ def _ms(value: Any, default: int = 0) -> int:
     if value is None:
         return default
     return int(value.total_seconds() * 1000)
+
+
+def _coordinator(access: Access, key: str, key_type: int, entry: dict[str, Any]) -> dict[str, Any]:
+    """FindCoordinator's answer for one group: ``entry``, unless the peer may not
+    DESCRIBE the group (GROUP_AUTHORIZATION_FAILED)."""
+    if key_type != KEY_TYPE_GROUP or access.group(Operation.DESCRIBE, key):
+        return entry
+    denied = access.group_denied(key, "describe")
+    return {
+        "node_id": -1,
+        "host": "",
+        "port": -1,
+        "error_code": error_code(denied),
+        "error_message": str(denied),
+    }
+
+
+def _offset_denied(access: Access, tp: TopicPartition) -> dict[str, Any]:
+    return {
+        "partition_index": tp.partition,
+        "committed_offset": -1,
+        "committed_leader_epoch": -1,
+        "metadata": "",
+        "error_code": error_code(access.topic_denied(tp.topic, "describe")),
+    }
+
+
+def _group_description(d: GroupDescription, access: Access, with_ops: bool) -> dict[str, Any]:
+    return {
+        "error_code": error_code(d.error),
+        "error_message": None,
+        "group_id": d.group_id,
+        "group_state": d.state,
+        "protocol_type": d.protocol_type,
+        "protocol_data": d.protocol,
+        "members": [
+            {
+                "member_id": m.member_id,
+                "group_instance_id": m.group_instance_id,
+                "client_id": m.client_id,
+                "client_host": m.client_host,
+                "member_metadata": m.metadata,
+                "member_assignment": m.assignment,
+            }
+            for m in d.members
+        ],
+        "authorized_operations": access.group_operations(d.group_id)
+        if with_ops
+        else NO_AUTHORIZED_OPERATIONS,
+    }
 
 
 def _dead_group(group_id: str, code: ErrorCode) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from ray_stream.core.acl import Operation
 from ray_stream.core.fleet import client_zone
 from ray_stream.core.metadata_api import OffsetAnswer
 from ray_stream.core.types import BatchResult, BrokerInfo, FetchResult, TopicInfo
@@ -41,7 +42,9 @@ from ray_stream.errors import (
     TopicAlreadyExists,
     UnknownTopicOrPartition,
 )
+from ray_stream.kafka.acl_handlers import AclHandlers
 from ray_stream.kafka.admin_handlers import AdminHandlers
+from ray_stream.kafka.authorization import access_for
 from ray_stream.kafka.context import (
     NO_AUTHORIZED_OPERATIONS,
     Handler,
@@ -55,6 +58,7 @@ from ray_stream.kafka.errors_map import error_code, error_message, note_unexpect
 from ray_stream.kafka.group_handlers import GroupHandlers
 from ray_stream.kafka.protocol import Request, build_response, supported_api_keys
 from ray_stream.kafka.records import split_views
+from ray_stream.kafka.scram_handlers import ScramHandlers
 from ray_stream.kafka.versions import ApiKey
 
 __all__ = ["KafkaHandlers", "partition_leader"]
@@ -82,6 +86,8 @@ class KafkaHandlers:
             ApiKey.LIST_OFFSETS: self._list_offsets,
             ApiKey.INIT_PRODUCER_ID: self._init_producer_id,
             **AdminHandlers(backend, self.names).dispatch(),
+            **AclHandlers(backend).dispatch(),
+            **ScramHandlers(backend).dispatch(),
             **GroupHandlers(backend).dispatch(),
         }
 
@@ -105,6 +111,7 @@ class KafkaHandlers:
     # ---------------------------------------------------------------- Metadata
     async def _metadata(self, request: Request, peer: Peer) -> dict[str, Any]:
         body, version = request.body, request.api_version
+        access = await access_for(self.backend, peer)
         zone = client_zone(request.client_id)
         brokers = sorted(await self.backend.brokers(zone), key=lambda b: b.node_id)
         topics = await self.meta.list_topics()
@@ -112,8 +119,15 @@ class KafkaHandlers:
         by_name = {t.name: t for t in topics}
         by_id = {t.topic_id: t for t in topics}
         wanted = body.topics
+        with_ops = getattr(body, "include_topic_authorized_operations", False)
+
+        def entry(info: TopicInfo) -> dict[str, Any]:
+            ops = access.topic_operations(info.name) if with_ops else NO_AUTHORIZED_OPERATIONS
+            return _metadata_topic(info, brokers, ops)
+
         if wanted is None or (version == 0 and not wanted):
-            entries = [_metadata_topic(t, brokers) for t in topics]
+            # rule 1 of kafka/authorization.py: undescribable topics are left out
+            entries = [entry(t) for t in topics if access.topic(Operation.DESCRIBE, t.name)]
         else:
             auto = self.settings.auto_create_topics and getattr(
                 body, "allow_auto_topic_creation", True
@@ -121,17 +135,28 @@ class KafkaHandlers:
             entries = []
             for item in wanted:
                 topic_id = getattr(item, "topic_id", None)
+                info: TopicInfo | Exception | None
                 if item.name is None and topic_id is not None and topic_id.int:
                     info = by_id.get(topic_id.hex)
                     if info is None:
                         entries.append(_topic_error(None, ErrorCode.unknown_topic_id, topic_id.hex))
                         continue
+                    if not access.topic(Operation.DESCRIBE, info.name):
+                        info = access.topic_denied(topic_id.hex, "describe")
+                elif not access.topic(Operation.DESCRIBE, item.name):
+                    info = access.topic_denied(item.name, "describe")
                 else:
-                    info = by_name.get(item.name) or await self._auto_create(item.name, auto)
+                    info = by_name.get(item.name)
+                    if info is None and auto and not access.may_create_topic(item.name):
+                        info = access.topic_denied(item.name, "create")
+                    info = info or await self._auto_create(item.name, auto)
                 if isinstance(info, TopicInfo):
-                    entries.append(_metadata_topic(info, brokers))
+                    entries.append(entry(info))
                 else:
                     entries.append(_topic_error(item.name, error_code(info)))
+        cluster_ops = NO_AUTHORIZED_OPERATIONS
+        if getattr(body, "include_cluster_authorized_operations", False):
+            cluster_ops = access.cluster_operations()
         return {
             "brokers": [
                 {"node_id": b.node_id, "host": b.host, "port": b.port, "rack": b.rack}
@@ -140,7 +165,7 @@ class KafkaHandlers:
             "cluster_id": cluster_id(self.settings),
             "controller_id": _controller(self.backend.node_id, brokers),
             "topics": entries,
-            "cluster_authorized_operations": NO_AUTHORIZED_OPERATIONS,
+            "cluster_authorized_operations": cluster_ops,
         }
 
     async def _auto_create(self, name: str, allowed: bool) -> TopicInfo | Exception:
@@ -158,11 +183,16 @@ class KafkaHandlers:
     # ----------------------------------------------------------------- Produce
     async def _produce(self, request: Request, peer: Peer) -> dict[str, Any] | None:
         body = request.body
+        access = await access_for(self.backend, peer)  # no suspension once loaded
         entries: list[tuple[str, int, bytes | memoryview]] = []
         slots: list[tuple[str, int, Any, str | None, int, int]] = []
         for topic in body.topic_data:
+            allowed = access.topic(Operation.WRITE, topic.name)  # else nothing is written
             for part in topic.partition_data:
-                batches, code, message = self._check_records(part.records)
+                if allowed:
+                    batches, code, message = self._check_records(part.records)
+                else:
+                    batches, code, message = [], ErrorCode.topic_authorization_failed, None
                 slots.append((topic.name, part.index, code, message, len(entries), len(batches)))
                 entries.extend((topic.name, part.index, batch) for batch in batches)
         failure: Exception | None = role_error(self.backend, "produce")
@@ -221,14 +251,18 @@ class KafkaHandlers:
         body, by_id = request.body, request.api_version >= 13
         if getattr(body, "session_id", 0) != 0:  # we never hand out fetch sessions
             return {"error_code": ErrorCode.fetch_session_id_not_found, "responses": []}
+        access = await access_for(self.backend, peer)
         wanted: list[tuple[str, int, int, int]] = []
         layout: list[tuple[Any, str | None, list[int]]] = []  # (topic key, name, partitions)
+        denied: set[str] = set()
         for topic in body.topics:
             name = await self.names.name_for_id(topic.topic_id) if by_id else topic.topic
             layout.append((topic.topic_id if by_id else topic.topic, name, []))
+            if name is not None and not access.topic(Operation.READ, name):
+                denied.add(name)
             for part in topic.partitions:
                 layout[-1][2].append(part.partition)
-                if name is not None:
+                if name is not None and name not in denied:
                     wanted.append(
                         (name, part.partition, part.fetch_offset, part.partition_max_bytes)
                     )
@@ -239,6 +273,9 @@ class KafkaHandlers:
             for index in partitions:
                 if name is None:
                     parts.append(_fetch_error(index, ErrorCode.unknown_topic_id))
+                    continue
+                if name in denied:
+                    parts.append(_fetch_error(index, ErrorCode.topic_authorization_failed))
                     continue
                 result = next(results)
                 code = error_code(result.error)
@@ -270,14 +307,19 @@ class KafkaHandlers:
 
     # ------------------------------------------------------------- ListOffsets
     async def _list_offsets(self, request: Request, peer: Peer) -> dict[str, Any]:
+        access = await access_for(self.backend, peer)
+        denied = {
+            t.name for t in request.body.topics if not access.topic(Operation.DESCRIBE, t.name)
+        }
         queries = [
             (topic.name, part.partition_index, _timestamp(part.timestamp))
             for topic in request.body.topics
+            if topic.name not in denied
             for part in topic.partitions
         ]
         failure: Exception | None = None
         try:
-            answers = await self.meta.list_offsets(queries)
+            answers = await self.meta.list_offsets(queries) if queries else []
         except Exception as exc:
             failure = note_unexpected(exc, "list_offsets")
             answers = [OffsetAnswer(-1, -1) for _ in queries]
@@ -286,8 +328,12 @@ class KafkaHandlers:
         for topic in request.body.topics:
             parts = []
             for part in topic.partitions:
-                answer = next(found)
-                error = failure or answer.error
+                if topic.name in denied:
+                    answer = OffsetAnswer(-1, -1)
+                    error: Exception | None = access.topic_denied(topic.name, "describe")
+                else:
+                    answer = next(found)
+                    error = failure or answer.error
                 parts.append(
                     {
                         "partition_index": part.partition_index,
@@ -302,6 +348,12 @@ class KafkaHandlers:
 
     # ---------------------------------------------------------- InitProducerId
     async def _init_producer_id(self, request: Request, peer: Peer) -> dict[str, Any]:
+        access = await access_for(self.backend, peer)
+        if not access.may_write_some_topic():
+            # Kafka: IDEMPOTENT_WRITE on the cluster or WRITE on some topic; transactional
+            # ids are checked the same way (no TRANSACTIONAL_ID resources are stored).
+            denied = access.cluster_denied("init a producer id (IdempotentWrite)")
+            return {"error_code": error_code(denied), "producer_id": -1, "producer_epoch": -1}
         try:
             identity = await self.meta.init_producer_id(request.body.transactional_id)
         except Exception as exc:
@@ -327,7 +379,9 @@ def partition_leader(topic: str, partition: int, brokers: Sequence[BrokerInfo]) 
     return brokers[(zlib.crc32(topic.encode()) + partition) % len(brokers)].node_id
 
 
-def _metadata_topic(info: TopicInfo, brokers: Sequence[BrokerInfo]) -> dict[str, Any]:
+def _metadata_topic(
+    info: TopicInfo, brokers: Sequence[BrokerInfo], ops: int = NO_AUTHORIZED_OPERATIONS
+) -> dict[str, Any]:
     partitions = []
     for index in range(info.partitions):
         leader = partition_leader(info.name, index, brokers)
@@ -348,7 +402,7 @@ def _metadata_topic(info: TopicInfo, brokers: Sequence[BrokerInfo]) -> dict[str,
         "topic_id": info.topic_id,
         "is_internal": False,
         "partitions": partitions,
-        "topic_authorized_operations": NO_AUTHORIZED_OPERATIONS,
+        "topic_authorized_operations": ops,
     }
 
 

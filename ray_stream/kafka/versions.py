@@ -23,6 +23,11 @@ what librdkafka 2.x, kafka-python 3, aiokafka 0.14 and the Java 3.x client send:
 - FindCoordinator 5: v6 adds share groups. InitProducerId 5: v6 is two-phase commit.
 - DescribeGroups 5: v6 changes dead-group semantics (KIP-1043). DescribeCluster 1: v2
   reports fenced brokers (KRaft).
+- SaslHandshake 0-1 and SaslAuthenticate 0-2 (KIP-152; v0 handshake: raw tokens follow;
+  v2 is only the flexible encoding); Describe/AlterUserScramCredentials 0 (KIP-554, the
+  only versions). See docs/design/0008-authentication.md.
+- DescribeAcls / CreateAcls / DeleteAcls 1-3 (kio has no v0; v1 added pattern types,
+  KIP-290, and Kafka 4 dropped v0): the ACLs of core/acl.py (docs/design/0007-acls.md).
 
 Changing a range needs a design note (STYLE.md section 10).
 """
@@ -51,13 +56,20 @@ class ApiKey:
     SYNC_GROUP: Final = 14
     DESCRIBE_GROUPS: Final = 15
     LIST_GROUPS: Final = 16
+    SASL_HANDSHAKE: Final = 17
     API_VERSIONS: Final = 18
     CREATE_TOPICS: Final = 19
     DELETE_TOPICS: Final = 20
     INIT_PRODUCER_ID: Final = 22
+    DESCRIBE_ACLS: Final = 29
+    CREATE_ACLS: Final = 30
+    DELETE_ACLS: Final = 31
     DESCRIBE_CONFIGS: Final = 32
     CREATE_PARTITIONS: Final = 37
+    SASL_AUTHENTICATE: Final = 36
     DELETE_GROUPS: Final = 42
+    DESCRIBE_USER_SCRAM_CREDENTIALS: Final = 50
+    ALTER_USER_SCRAM_CREDENTIALS: Final = 51
     DESCRIBE_CLUSTER: Final = 60
 
 
@@ -76,13 +88,20 @@ SUPPORTED_VERSIONS: Final = MappingProxyType(
         ApiKey.SYNC_GROUP: (0, 5),
         ApiKey.DESCRIBE_GROUPS: (0, 5),
         ApiKey.LIST_GROUPS: (0, 5),
+        ApiKey.SASL_HANDSHAKE: (0, 1),
         ApiKey.API_VERSIONS: (0, 4),
         ApiKey.CREATE_TOPICS: (2, 7),
         ApiKey.DELETE_TOPICS: (1, 6),
         ApiKey.INIT_PRODUCER_ID: (0, 5),
+        ApiKey.DESCRIBE_ACLS: (1, 3),
+        ApiKey.CREATE_ACLS: (1, 3),
+        ApiKey.DELETE_ACLS: (1, 3),
         ApiKey.DESCRIBE_CONFIGS: (1, 4),
         ApiKey.CREATE_PARTITIONS: (0, 3),
+        ApiKey.SASL_AUTHENTICATE: (0, 2),
         ApiKey.DELETE_GROUPS: (0, 2),
+        ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: (0, 0),
+        ApiKey.ALTER_USER_SCRAM_CREDENTIALS: (0, 0),
         ApiKey.DESCRIBE_CLUSTER: (0, 1),
     }
 )

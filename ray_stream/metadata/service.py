@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from ray_stream.clock import Clock, SystemClock
 from ray_stream.config import Settings
+from ray_stream.core.acl import AclBinding, AclFilter, AclOutcome, AclSnapshot
 from ray_stream.core.fleet import AgentRecord, FleetView
 from ray_stream.core.group import (
     GroupDeletion,
@@ -67,9 +68,11 @@ from ray_stream.core.metadata_api import (
     SyncRequest,
 )
 from ray_stream.core.metrics import Meter, MetricsSink
+from ray_stream.core.scram import ScramCredential, ScramUserInfo, mechanism_code
 from ray_stream.core.sequencer import Changes
 from ray_stream.core.types import BrokerInfo, CommittedOffset, TopicInfo, TopicPartition
-from ray_stream.errors import GroupIdNotFound, RayStreamError, StorageUnavailable
+from ray_stream.errors import GroupIdNotFound, InvalidRequest, RayStreamError, StorageUnavailable
+from ray_stream.metadata.acl_service import AclService
 from ray_stream.metadata.group_service import GroupService
 from ray_stream.metadata.object_journal import ObjectJournal
 from ray_stream.metadata.registry import AgentRegistry
@@ -152,6 +155,7 @@ class MetadataService:
             spawn=self._spawn,
             meter=self._meter,
         )
+        self._acls = AclService(self._seq, self._writer, epoch=recovered.epoch)
         self._meter.set("ray_stream_metadata_epoch", recovered.epoch)
         self._stats: dict[str, Any] = {
             "orphans_deleted": 0,
@@ -302,6 +306,7 @@ class MetadataService:
                 waiting.cancel()
 
     def _wake(self, changes: Changes) -> None:
+        self._acls.observe(changes)
         if changes.deleted_topics:
             self._catalog_version += len(changes.deleted_topics)
             self._catalog_changed.set()
@@ -406,6 +411,67 @@ class MetadataService:
         keys = None if partitions is None else [(tp.topic, tp.partition) for tp in partitions]
         found = self._seq.fetch_offsets(group_id, keys)
         return {TopicPartition(t, p): offset for (t, p), offset in found.items()}
+
+    # ------------------------------------------------------------------- acls
+    # Authorization data (metadata/acl_service.py); agents enforce it from their copy.
+    async def create_acls(self, bindings: list[AclBinding]) -> list[AclOutcome]:
+        """Store ACL bindings durably; per binding, it or InvalidRequest.
+
+        Raises:
+            StorageUnavailable, Fenced.
+        """
+        return await self._acls.create(bindings)
+
+    async def describe_acls(self, acl_filter: AclFilter) -> list[AclBinding]:
+        """The bindings the filter matches. Raises InvalidRequest."""
+        return await self._acls.describe(acl_filter)
+
+    async def delete_acls(self, filters: list[AclFilter]) -> list[AclOutcome]:
+        """Delete what each filter matches; per filter, the bindings it deleted.
+
+        Raises:
+            StorageUnavailable, Fenced.
+        """
+        return await self._acls.delete(filters)
+
+    async def watch_acls(self, version: int, timeout_s: float) -> AclSnapshot:
+        """Every binding once the ACL version differs from ``version``, else after
+        ``timeout_s`` the version alone (agents long-poll this)."""
+        return await self._acls.watch(version, timeout_s)
+
+    # ------------------------------------------------------------ credentials
+    # SCRAM credentials (core/scram.py), salted and hashed; written like every change.
+    async def alter_scram_credentials(
+        self, upserts: list[ScramCredential], deletions: list[tuple[str, str]]
+    ) -> None:
+        """Store ``upserts`` and forget ``(user, mechanism)`` pairs, in one write.
+
+        Raises:
+            InvalidRequest: an unknown mechanism or a malformed credential.
+            StorageUnavailable, Fenced.
+        """
+        for credential in upserts:
+            if not isinstance(credential, ScramCredential) or not credential.user:
+                raise InvalidRequest(f"not a SCRAM credential: {type(credential).__name__}")
+            mechanism_code(credential.mechanism)
+        for _, mechanism in deletions:
+            mechanism_code(mechanism)
+        await self._writer.write(
+            lambda: (None, self._seq.plan_alter_scram(upserts, deletions)), then=_same
+        )
+
+    async def scram_credential(self, user: str, mechanism: str) -> ScramCredential | None:
+        """The credential of ``user`` for ``mechanism``, or None."""
+        return self._seq.scram_credential(user, mechanism)
+
+    async def describe_scram_credentials(self, users: list[str] | None) -> list[ScramUserInfo]:
+        """User, mechanism and iterations of every credential (of ``users`` if given)."""
+        wanted = None if users is None else set(users)
+        return [
+            ScramUserInfo(c.user, c.mechanism, c.iterations)
+            for c in self._seq.scram_credentials()
+            if wanted is None or c.user in wanted
+        ]
 
     # --------------------------------------------------------------- registry
     async def settings(self) -> Settings:

@@ -20,6 +20,10 @@ Tables (column names avoid SQL keywords: ``partition_index``, ``group_id``,
 - ``producers(producer_id, topic, partition_index, epoch, batches JSON)``
 - ``transactional_ids(transactional_id PK, producer_id, epoch)``
 - ``group_offsets(group_id, topic, partition_index, committed_offset, metadata, leader_epoch)``
+- ``acls(resource_type, resource_name, pattern_type, principal, host, operation,
+  permission)``, all the primary key (core/acl.py ``AclBinding``)
+- ``scram_credentials(user, mechanism, salt, iterations, stored_key, server_key)``,
+  primary key (user, mechanism): salted and hashed (core/scram.py), never a password
 - ``meta(key PK, value)``: ``next_producer_id``, ``schema_version``; in snapshot copies
   also ``journal_index`` and ``epoch`` (the position the snapshot holds)
 
@@ -37,11 +41,14 @@ import os
 import sqlite3
 import threading
 import uuid
+from dataclasses import astuple
 from pathlib import Path
 
 import sqlite_utils
 
 from ray_stream.config import Settings
+from ray_stream.core.acl import AclBinding
+from ray_stream.core.scram import ScramCredential
 from ray_stream.core.sequencer import (
     BatchRow,
     Changes,
@@ -97,6 +104,37 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...] | None]] = {
             "leader_epoch": int,
         },
         ("group_id", "topic", "partition_index"),
+    ),
+    "acls": (
+        {
+            "resource_type": int,
+            "resource_name": str,
+            "pattern_type": int,
+            "principal": str,
+            "host": str,
+            "operation": int,
+            "permission": int,
+        },
+        (
+            "resource_type",
+            "resource_name",
+            "pattern_type",
+            "principal",
+            "host",
+            "operation",
+            "permission",
+        ),
+    ),
+    "scram_credentials": (
+        {
+            "user": str,
+            "mechanism": str,
+            "salt": bytes,
+            "iterations": int,
+            "stored_key": bytes,
+            "server_key": bytes,
+        },
+        ("user", "mechanism"),
     ),
     "meta": ({"key": str, "value": str}, "key"),
 }
@@ -279,8 +317,24 @@ class MetadataStore:
                 " leader_epoch FROM group_offsets"
             )
         )
+        acls = tuple(
+            AclBinding(*row)
+            for row in q(
+                "SELECT resource_type, resource_name, pattern_type, principal, host, operation,"
+                " permission FROM acls ORDER BY rowid"
+            )
+        )
+        scram = tuple(
+            ScramCredential(user, mechanism, bytes(salt), iterations, bytes(stored), bytes(server))
+            for user, mechanism, salt, iterations, stored, server in q(
+                "SELECT user, mechanism, salt, iterations, stored_key, server_key"
+                " FROM scram_credentials ORDER BY user, mechanism"
+            )
+        )
         next_pid = self._meta("next_producer_id")
         return Changes(
+            acls=acls,
+            scram=scram,
             topics=topics,
             partitions=partitions,
             batches=batches,
@@ -388,6 +442,42 @@ class MetadataStore:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_producer_id', ?)",
                 (str(changes.next_producer_id),),
             )
+        _write_acls(conn, changes)
+        _write_scram(conn, changes)
+
+
+def _write_scram(conn: sqlite3.Connection, changes: Changes) -> None:
+    if changes.deleted_scram:
+        conn.executemany(
+            "DELETE FROM scram_credentials WHERE user = ? AND mechanism = ?",
+            list(changes.deleted_scram),
+        )
+    if changes.scram:
+        conn.executemany(
+            "INSERT OR REPLACE INTO scram_credentials (user, mechanism, salt, iterations,"
+            " stored_key, server_key) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (c.user, c.mechanism, c.salt, c.iterations, c.stored_key, c.server_key)
+                for c in changes.scram
+            ],
+        )
+
+
+def _write_acls(conn: sqlite3.Connection, changes: Changes) -> None:
+    where = (
+        "resource_type = ? AND resource_name = ? AND pattern_type = ? AND principal = ?"
+        " AND host = ? AND operation = ? AND permission = ?"
+    )
+    if changes.deleted_acls:
+        conn.executemany(
+            f"DELETE FROM acls WHERE {where}", [astuple(b) for b in changes.deleted_acls]
+        )
+    if changes.acls:
+        conn.executemany(
+            "INSERT OR IGNORE INTO acls (resource_type, resource_name, pattern_type, principal,"
+            " host, operation, permission) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [tuple(int(v) if isinstance(v, int) else v for v in astuple(b)) for b in changes.acls],
+        )
 
 
 def _encode_state(state: ProducerState) -> str:

@@ -21,54 +21,112 @@ Rules:
 4. When the client goes away (EOF), its unanswered requests are dropped (a long poll
    is cancelled), as Kafka drops them, except produce requests: they run to completion,
    because an acks=0 producer already counts them as sent.
+5. **Authentication before anything else** (docs/design/0008-authentication.md). With
+   TLS (``server/tls.py``) the handshake must finish within ``tls_handshake_timeout_s``
+   and a verified client certificate names the principal. With SASL, the connection's
+   ``SaslSession`` (``kafka/sasl.py``) answers the SASL APIs one step at a time (the
+   next frame is read only once a step is answered: a v0 handshake makes it a raw
+   token), frames stay under ``MAX_AUTH_FRAME_BYTES`` until the login completes, and
+   any other request but ApiVersions closes the connection, as does not having logged
+   in within ``LOGIN_TIMEOUT_S`` of connecting. A failed login is held
+   back by a delay that grows per client address (``core/login_failures.py``), then
+   answered and the connection closed; the log line names the user, never a secret.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
-from ray_stream.errors import RayStreamError
+from ray_stream.clock import Clock, SystemClock
+from ray_stream.core.login_failures import LoginFailures
+from ray_stream.core.metadata_api import Credentials
+from ray_stream.errors import AuthenticationFailed, RayStreamError
 from ray_stream.kafka.context import KafkaBackend, Peer
-from ray_stream.kafka.framing import LENGTH_PREFIX_BYTES, frame_size
+from ray_stream.kafka.framing import LENGTH_PREFIX_BYTES, encode_frame, frame_size
 from ray_stream.kafka.handlers import KafkaHandlers
 from ray_stream.kafka.protocol import (
     Request,
     api_versions_fallback,
+    build_response,
     encode_response_parts,
     parse_request,
     preload,
 )
+from ray_stream.kafka.sasl import MAX_AUTH_FRAME_BYTES, SASL_KEYS, SaslSession
 from ray_stream.kafka.versions import ApiKey
+from ray_stream.server.tls import certificate_principal, server_context
 
-__all__ = ["MAX_IN_FLIGHT", "MAX_IN_FLIGHT_BYTES", "start_kafka_server"]
+__all__ = ["LOGIN_TIMEOUT_S", "MAX_IN_FLIGHT", "MAX_IN_FLIGHT_BYTES", "start_kafka_server"]
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 64
 MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 _STREAM_LIMIT = 4 * 1024 * 1024  # StreamReader buffer before it pauses the socket
+_LINGER_S = 1.0  # how long a refused SASL client is given to close first
+# A connection must complete its SASL login this soon after it was accepted. Kafka only
+# drops idle connections (connections.max.idle.ms, 10 min); a client that has not logged
+# in is cheaper to drop sooner, and librdkafka's login takes milliseconds.
+LOGIN_TIMEOUT_S = 30.0
 
 # (request, its handler task or ready answer, frame size)
 _Work = tuple[Request, "asyncio.Task[Any] | bytes", int]
+# Stands for a raw SASL token answer (after a v0 SaslHandshake) in the write queue.
+_RAW_TOKEN = Request(ApiKey.SASL_AUTHENTICATE, -1, -1, None, None)
+
+
+@dataclass(slots=True)
+class _Security:
+    """What a listener's connections share for authentication (rule 5)."""
+
+    mechanisms: tuple[str, ...] = ()
+    credentials: Credentials | None = None
+    failures: LoginFailures = field(default_factory=LoginFailures)
+    clock: Clock = field(default_factory=SystemClock)
+
+    def session(self) -> SaslSession:
+        return SaslSession(
+            self.mechanisms,
+            credentials=self.credentials,
+            new_nonce=lambda: secrets.token_urlsafe(24),  # RFC 5802: printable, no ','
+            offload=asyncio.to_thread,
+        )
 
 
 async def start_kafka_server(
-    backend: KafkaBackend, *, host: str, port: int
+    backend: KafkaBackend, *, host: str, port: int, clock: Clock | None = None
 ) -> asyncio.AbstractServer:
     """Listen for Kafka clients on ``host:port`` (0 picks a free port) in this loop.
+
+    Args:
+        clock: times failed logins (``core/login_failures.py``); the system clock
+            by default.
 
     Returns:
         The started asyncio server; ``server.sockets[0].getsockname()`` is the address.
         Closing it stops accepting; open connections end when their clients leave.
+
+    Raises:
+        InvalidConfig: the TLS certificate, key or CA in the settings does not load.
     """
     await asyncio.to_thread(preload)
     handlers = KafkaHandlers(backend)
-    max_frame = backend.settings.max_request_bytes
+    settings = backend.settings
+    max_frame = settings.max_request_bytes
+    tls = server_context(settings)
+    security = _Security(
+        settings.sasl_mechanisms, backend.meta, LoginFailures(), clock or SystemClock()
+    )
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = _Connection(handlers, reader, writer, max_frame_bytes=max_frame)
+        connection = _Connection(
+            handlers, reader, writer, max_frame_bytes=max_frame, security=security
+        )
         try:
             await connection.run()
         except asyncio.CancelledError:
@@ -79,7 +137,14 @@ async def start_kafka_server(
         except Exception:  # rule 2: the listener outlives any connection
             log.exception("kafka connection %s failed", connection.peer)
 
-    return await asyncio.start_server(on_connect, host, port, limit=_STREAM_LIMIT)
+    return await asyncio.start_server(
+        on_connect,
+        host,
+        port,
+        limit=_STREAM_LIMIT,
+        ssl=tls,
+        ssl_handshake_timeout=settings.tls_handshake_timeout_s if tls else None,
+    )
 
 
 class _Connection:
@@ -92,6 +157,7 @@ class _Connection:
         writer: asyncio.StreamWriter,
         *,
         max_frame_bytes: int,
+        security: _Security | None = None,
     ) -> None:
         self._handlers = handlers
         self._reader = reader
@@ -101,6 +167,11 @@ class _Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.who = Peer(host="/" + (peer[0] if isinstance(peer, tuple) else str(peer)))
+        self._security = security = security or _Security()  # default: no authentication
+        self._auth = security.session()
+        principal = certificate_principal(writer.get_extra_info("peercert"))
+        if principal is not None:  # a verified client certificate (rule 5)
+            self.who.principal = principal
         self._aborted = False
         self._current: _Work | None = None  # the request whose answer is awaited
         self._inflight_bytes = 0
@@ -108,17 +179,43 @@ class _Connection:
 
     async def run(self) -> None:
         writing = asyncio.create_task(self._write_loop())
+        deadline = None
+        if not self._auth.authenticated:
+            deadline = asyncio.get_running_loop().call_later(LOGIN_TIMEOUT_S, self._login_late)
         try:
             bad_input = await self._read_loop()
             if bad_input and not writing.done():  # answer what was asked before it
                 await self._queue.put(None)
                 await writing
+            if self._auth.closing:
+                await self._let_client_close()
         finally:
             # On EOF the client is gone: its pending answers (a long poll, say) are
             # dropped, as Kafka drops them, instead of holding the connection open.
             writing.cancel()
+            if deadline is not None:
+                deadline.cancel()
             self._cancel_queued()
             self._writer.close()
+
+    def _login_late(self) -> None:
+        """Rule 5: a connection that has not logged in by ``LOGIN_TIMEOUT_S`` is dropped."""
+        if not self._auth.authenticated and not self._aborted:
+            log.warning(
+                "kafka client %s did not complete a SASL login within %.0f s; closing",
+                self.peer,
+                LOGIN_TIMEOUT_S,
+            )
+            self._abort()
+
+    async def _let_client_close(self) -> None:
+        """After a SASL refusal, give the client a moment to read it and hang up first:
+        a client that sees the TLS close before it parsed the answer (kafka-python)
+        reports a lost connection instead of the authentication error."""
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+            async with asyncio.timeout(_LINGER_S):
+                while await self._reader.read(4096):
+                    pass  # nothing more is served: discard until EOF
 
     async def _read_loop(self) -> bool:
         """Read and dispatch until EOF (False) or bad input (True).
@@ -132,7 +229,11 @@ class _Connection:
             try:
                 prefix = await reader.readexactly(LENGTH_PREFIX_BYTES)
                 started = True
-                frame = await reader.readexactly(frame_size(prefix, self._max_frame_bytes))
+                frame = await reader.readexactly(frame_size(prefix, self._frame_limit()))
+                if self._auth.raw_token_next:  # KIP-152: a raw token after handshake v0
+                    if await self._raw_token(frame):
+                        continue
+                    return True
                 request = parse_request(frame)
             except asyncio.IncompleteReadError as exc:
                 if started or exc.partial:
@@ -147,11 +248,79 @@ class _Connection:
             except RayStreamError as exc:
                 log.warning("kafka client %s sent bad input, closing: %s", self.peer, exc)
                 return True
+            gate = self._auth.gate(request.api_key)
+            if gate == "refuse":
+                log.warning(
+                    "kafka client %s sent %s before authenticating (only ApiVersions and "
+                    "the SASL APIs may come first); closing",
+                    self.peer,
+                    request.api_name,
+                )
+                return True
             await self._reserve(len(frame))
             if self._aborted:
                 break
-            await self._queue.put(self._start(request, len(frame)))
+            work = self._start(request, len(frame))
+            await self._queue.put(work)
+            if gate == "sasl" and isinstance(work[1], asyncio.Task):
+                # One login step at a time: its outcome decides how the next frame is read.
+                await asyncio.wait([work[1]])
+                if self._auth.closing:
+                    return True
         return False
+
+    def _frame_limit(self) -> int:
+        """Kafka's ``sasl.server.max.receive.size`` until the login completes."""
+        if self._auth.authenticated:
+            return self._max_frame_bytes
+        return min(self._max_frame_bytes, MAX_AUTH_FRAME_BYTES)
+
+    async def _sasl(self, request: Request) -> Any:
+        """Answer a SaslHandshake / SaslAuthenticate with this connection's session."""
+        auth = self._auth
+        values = await auth.answer(request.api_key, request.api_version, request.body)
+        if auth.login_failed:
+            await self._login_failed(values.get("error_message") or "")
+        elif auth.closing:
+            log.warning(
+                "kafka client %s: %s refused (error %s %s); closing",
+                self.peer,
+                request.api_name,
+                int(values["error_code"]),
+                auth.attempted_user or values.get("error_message") or "",
+            )
+        elif auth.user is not None and auth.authenticated:  # this step completed the login
+            self._logged_in(auth.user)
+        return build_response(request, values)
+
+    async def _raw_token(self, frame: bytes) -> bool:
+        """A raw SASL token (after SaslHandshake v0); False when the login failed."""
+        try:
+            token = await self._auth.authenticate_raw(frame)
+        except AuthenticationFailed as exc:
+            await self._login_failed(str(exc))
+            return False
+        if self._auth.user is not None:
+            self._logged_in(self._auth.user)
+        await self._queue.put((_RAW_TOKEN, encode_frame(token), 0))
+        return True
+
+    def _logged_in(self, user: str) -> None:
+        self.who.principal = f"User:{user}"
+        self._security.failures.succeeded(self.who.host)
+        log.debug("kafka client %s authenticated as User:%s", self.peer, user)
+
+    async def _login_failed(self, reason: str) -> None:
+        """Log (no secret: kafka/sasl.py rule 3), then hold the refusal back (rule 5)."""
+        security = self._security
+        delay_s = security.failures.failed(self.who.host, now_s=security.clock.monotonic_s())
+        log.warning(
+            "kafka client %s failed SASL authentication (%s); refusing in %.1f s and closing",
+            self.peer,
+            reason,
+            delay_s,
+        )
+        await asyncio.sleep(delay_s)
 
     async def _reserve(self, size: int) -> None:
         """Wait until ``size`` more frame bytes fit the budget (one frame always fits)."""
@@ -169,6 +338,8 @@ class _Connection:
     def _start(self, request: Request, size: int) -> _Work:
         if request.body is None:  # an ApiVersions version we do not serve
             return request, api_versions_fallback(request), size
+        if request.api_key in SASL_KEYS:
+            return request, asyncio.create_task(self._sasl(request)), size
         task = asyncio.create_task(self._handlers.handle(request, peer=self.who))
         return request, task, size
 

@@ -141,3 +141,34 @@ def test_non_bytes_fields_are_rejected(cluster, kwargs, field):
 def test_unknown_partition_in_read_table(cluster):
     with pytest.raises(UnknownTopicOrPartition):
         cluster.read_table("good", partitions=[9])
+
+
+@pytest.mark.parametrize(
+    ("binding", "field"),
+    [
+        (("User:alice", 4, 3, 2, "t", 3, "*"), None),  # the valid one: stored
+        (("alice", 4, 3, 2, "t", 3, "*"), "principal"),
+        (("User:alice", 99, 3, 2, "t", 3, "*"), "operation"),
+        (("User:alice", 4, 1, 2, "t", 3, "*"), "permission"),
+        (("User:alice", 4, 3, 7, "t", 3, "*"), "resource_type"),
+        (("User:alice", 4, 3, 2, "", 3, "*"), "resource_name"),
+        (("User:alice", 4, 3, 2, "t", 2, "*"), "pattern_type"),
+        (("User:alice", 4, 3, 4, "other", 3, "*"), "kafka-cluster"),
+    ],
+)
+def test_malformed_acls_are_rejected_and_nothing_is_stored(cluster, binding, field):
+    from ray_stream.core.acl import AclBinding, AclFilter
+
+    principal, op, perm, rtype, name, pattern, host = binding
+    made = AclBinding(rtype, name, pattern, principal, host, op, perm)
+    before = cluster.describe_acls()
+    if field is None:
+        assert cluster.create_acls([made]) == [made]
+        assert cluster.delete_acls([AclFilter(principal="User:alice")]) == [made]
+    else:
+        with pytest.raises(InvalidRequest, match=field):
+            cluster.create_acls([made, AclBinding(2, "x", 3, "User:ok", "*", 4, 3)])
+        assert cluster.describe_acls() == before  # all or none
+    with pytest.raises(InvalidRequest, match="operation"):
+        cluster.delete_acls([AclFilter(operation=0)])
+    _still_serves(cluster)

@@ -176,6 +176,24 @@ def test_bench_produces_and_reads_back_with_latency_percentiles(started):
     assert any(line.startswith("consume: 3000 records in") for line in out.splitlines())
 
 
+def test_users_add_list_delete_keep_the_password_out_of_sight(started):
+    env, _, _ = started
+    added = _cli(env, "users", "add", "alice", stdin=b"alice-secret-pw\n")
+    assert added.returncode == 0, added.stderr.decode()
+    listed = _cli(env, "users", "list")
+    out = listed.stdout.decode()
+    assert "alice\tSCRAM-SHA-256(i=8192) SCRAM-SHA-512(i=8192)" in out
+    assert "alice-secret-pw" not in out + added.stdout.decode() + added.stderr.decode()
+    empty = _cli(env, "users", "add", "bob", stdin=b"")
+    assert empty.returncode == 2
+    assert b"no password" in empty.stderr
+    assert _cli(env, "users", "delete", "alice").returncode == 0
+    again = _cli(env, "users", "delete", "alice")
+    assert again.returncode == 2
+    assert b"no user 'alice'" in again.stderr
+    assert "alice" not in _cli(env, "users", "list").stdout.decode()
+
+
 def test_stop_from_another_shell_stops_cleanly(started):
     env, proc, _ = started
     stopper = subprocess.Popen(

@@ -20,6 +20,7 @@ import pytest
 from ray_stream import errors
 from ray_stream.config import Settings
 from ray_stream.core import group, metadata_api, types
+from ray_stream.core.acl import AclBinding, AclFilter, AclOutcome, AclSnapshot
 from ray_stream.core.fleet import AgentRecord, FleetView
 from ray_stream.core.group import (
     GroupDeletion,
@@ -47,6 +48,7 @@ from ray_stream.core.metadata_api import (
     SegmentResult,
     SyncRequest,
 )
+from ray_stream.core.scram import ScramCredential, ScramUserInfo
 from ray_stream.core.types import (
     BatchEntry,
     BatchRef,
@@ -161,6 +163,14 @@ SAMPLES = [
     GroupListing("g", "consumer", "Empty"),
     GroupDeletion("g", None),
     GroupDeletion("h", errors.NonEmptyGroup("h has 2 members")),
+    AclBinding(2, "orders", 3, "User:alice", "*", 4, 3),
+    AclFilter(1, None, 2, "User:alice", None, 1, 1),
+    AclOutcome((AclBinding(3, "g", 4, "User:*", "10.0.0.1", 3, 2),)),
+    AclOutcome(error=errors.InvalidRequest("principal 'x' is not a principal")),
+    AclSnapshot(1 << 32, (AclBinding(4, "kafka-cluster", 3, "User:a", "*", 7, 3),)),
+    AclSnapshot(7),
+    ScramCredential("alice", "SCRAM-SHA-256", b"salt", 4096, b"\x01" * 32, b"\x02" * 32),
+    ScramUserInfo("alice", "SCRAM-SHA-512", 8192),
 ]
 
 
