@@ -474,6 +474,12 @@ def main() -> None:
         help="comma-separated subset of local (ray_stream local dir vs Tansu memory://), "
         "memory, s3",
     )
+    parser.add_argument(
+        "--out",
+        default="kafka",
+        help="results name: benchmarks/results/OUT.json and the README block bench:OUT "
+        "(e.g. kafka_tls for a --systems subset, so the full table stays)",
+    )
     parser.add_argument("--quick", action="store_true", help="32 MiB runs, 1 round, 3 s latency")
     parser.add_argument("--no-readme", action="store_true", help="write JSON only")
     args = parser.parse_args()
@@ -538,10 +544,10 @@ def main() -> None:
         "s3_server": s3.kind if s3 else "none",
     }
     results["bars"] = bars(results["runs"])
-    path = write_result("kafka", results)
+    path = write_result(args.out, results)
     text = table(results)
     if not args.no_readme:
-        update_readme("kafka", text)
+        update_readme(args.out, text)
     print(text)
     print(f"wrote {path}")
 

@@ -26,6 +26,9 @@ Rules this module keeps:
    down and no new one attached, Ray's auto-init is off: an old handle's call would
    otherwise start a new, empty local Ray in the driver.
 6. A Ray worker (a task or an actor) is never attached, watched or shut down.
+7. A session replaced behind this module's back (``ray.shutdown()`` and a new
+   ``ray.init`` by the caller, as test suites and notebooks do) ends the watch of the old
+   one quietly: its loss never shuts down or blocks the new session.
 """
 
 from __future__ import annotations
@@ -170,7 +173,15 @@ def check_current() -> None:
     """
     current = _current
     if current is not None and current.lost is not None:
+        if _replaced(current):
+            return  # rule 7: a session started since, outside connect(); not ours
         raise Unavailable(current.lost)
+
+
+def _replaced(attachment: Attachment) -> bool:
+    """Rule 7: this process runs another Ray session than ``attachment``'s (its owner
+    shut that one down and called ``ray.init`` again without ``connect()``)."""
+    return ray.is_initialized() and not _same_address(_session_gcs(), attachment.gcs_address)
 
 
 def process_alive(pid: int) -> bool:
@@ -347,8 +358,16 @@ def _watch(attachment: Attachment) -> None:
 
 
 def _lose(attachment: Attachment, reason: str) -> None:
+    global _current
     with _lock:
         if attachment.lost is not None or attachment.stop.is_set():
+            return
+        if not ray.is_initialized() or _replaced(attachment):
+            # Rule 7: its session was shut down (and maybe another started) by someone
+            # else; there is nothing of ours to protect, and the new session is not lost.
+            attachment.stop.set()
+            if attachment is _current:
+                _current = None
             return
         attachment.lost = _lost_message(reason)
         if not attachment.protected and attachment is _current:

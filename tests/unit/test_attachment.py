@@ -125,6 +125,7 @@ def test_cluster_call_past_timeout_raises_unavailable_saying_what_to_do(monkeypa
 
 
 def test_handles_get_refuses_a_lost_session(monkeypatch):
+    monkeypatch.setattr(attachment.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(attachment, "_current", _attachment(lost="gone: call connect() again"))
     with pytest.raises(Unavailable, match="gone"):
         handles.get("ref", timeout_s=1)
@@ -147,3 +148,25 @@ def test_release_of_an_old_attachment_touches_no_session():
     attachment.release(att)  # not the process's current one: no ray.shutdown
     assert att.users == 0
     assert att.lost is None
+
+
+def test_a_session_replaced_outside_connect_is_neither_shut_down_nor_refused(monkeypatch):
+    """Rule 7: the caller shut the watched session down and started another Ray (as a
+    test suite or a notebook does): the old session's loss must not end the new one."""
+    shutdowns: list[bool] = []
+    monkeypatch.setattr(attachment.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(attachment.ray, "shutdown", lambda: shutdowns.append(True))
+    monkeypatch.setattr(attachment, "_session_gcs", lambda: "127.0.0.1:2")  # the new one
+    old = _attachment(users=1, owns_session=False, protected=False)  # GCS 127.0.0.1:1
+    monkeypatch.setattr(attachment, "_current", old)
+    attachment._lose(old, "the cluster's Ray (GCS 127.0.0.1:1) stopped answering")
+    assert shutdowns == []
+    assert attachment._current is None
+    assert old.stop.is_set()
+    # An attachment already marked lost does not block calls into the new session either,
+    # but still does while the process runs its (dead) session.
+    monkeypatch.setattr(attachment, "_current", _attachment(lost="gone: call connect()"))
+    attachment.check_current()
+    monkeypatch.setattr(attachment, "_session_gcs", lambda: "127.0.0.1:1")
+    with pytest.raises(Unavailable, match="connect"):
+        attachment.check_current()
