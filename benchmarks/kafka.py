@@ -529,6 +529,7 @@ def main() -> None:
     )
     tansu_version = next((r["version"] for r in results["runs"] if r.get("version")), "not run")
     results["config"] = {
+        "out": args.out,
         "client": f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})",
         "records": args.mb * 1024,
         "rounds": args.rounds,

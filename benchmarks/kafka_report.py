@@ -332,7 +332,7 @@ def _config_note(results: dict) -> str:
             else ""
         )
         + f"{results['machine']['cpus']} cores{_load_note(results)}. "
-        "Source: `benchmarks/kafka.py` -> `benchmarks/results/kafka.json`."
+        f"Source: `benchmarks/kafka.py` -> `benchmarks/results/{c.get('out', 'kafka')}.json`."
     )
 
 
